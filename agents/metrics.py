@@ -1,0 +1,160 @@
+"""Every Prometheus metric returnsync exports, in one place (SPEC §8).
+
+Conventions: `returnsync_` prefix, base units, `_total` counters. Labels are bounded sets
+(source, type, stage, reason, endpoint, status, topic, partition, tenant); never a customer.
+Dashboards (grafana/) and alert rules (prometheus/) refer to these names; a test checks that
+every expression there returns data from a running worker.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+
+# --- ingestion -------------------------------------------------------------------------------
+WEBHOOKS_RECEIVED = Counter(
+    "returnsync_webhooks_received_total",
+    "Webhook requests by platform and result (accepted, bad_signature, not_json, too_large, ...).",
+    ["source", "result"],
+    registry=REGISTRY,
+)
+WEBHOOK_ACK_SECONDS = Histogram(
+    "returnsync_webhook_ack_seconds",
+    "Time from request to 2xx, which includes the broker acknowledging the raw record.",
+    ["source"],
+    buckets=_HTTP_BUCKETS,
+    registry=REGISTRY,
+)
+EVENTS_INGESTED = Counter(
+    "returnsync_events_ingested_total",
+    "Valid canonical events read from returns.events by the state agent.",
+    ["source", "type"],
+    registry=REGISTRY,
+)
+UNKNOWN_STATUSES = Counter(
+    "returnsync_unknown_status_total",
+    "Platform statuses with no canonical mapping: kept in returns.raw, no status change.",
+    ["source"],
+    registry=REGISTRY,
+)
+HELD_EVENTS = Gauge(
+    "returnsync_held_events",
+    "Platform events held until the customer they belong to is known (Shopify orders).",
+    ["source"],
+    registry=REGISTRY,
+)
+
+# --- state -----------------------------------------------------------------------------------
+EVENTS_PROCESSED = Counter(
+    "returnsync_events_processed_total",
+    "Canonical events through the reducer by result: applied, duplicate, out_of_order.",
+    ["type", "result"],
+    registry=REGISTRY,
+)
+EVENTS_REKEYED = Counter(
+    "returnsync_events_rekeyed_total",
+    "Events whose Kafka key or partition did not match their customer and were re-keyed.",
+    registry=REGISTRY,
+)
+DEADLETTERS = Counter(
+    "returnsync_deadletters_total",
+    "Records written to returns.deadletter by stage and reason.",
+    ["stage", "reason"],
+    registry=REGISTRY,
+)
+CUSTOMERS_WITH_ACTIVE_RETURN = Gauge(
+    "returnsync_customers_with_active_return",
+    "Customers in this worker's partitions with at least one open return.",
+    registry=REGISTRY,
+)
+
+# --- delivery --------------------------------------------------------------------------------
+EVENTS_DELIVERED = Counter(
+    "returnsync_events_delivered_total",
+    "Canonical events whose profile and timeline changes Klaviyo accepted (or that needed none).",
+    ["source", "type"],
+    registry=REGISTRY,
+)
+SYNC_LATENCY_SECONDS = Histogram(
+    "returnsync_sync_latency_seconds",
+    "Seconds from an event (occurred at the source, or ingested) to Klaviyo accepting it.",
+    ["since"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+SYNC_BACKLOG = Gauge(
+    "returnsync_sync_backlog",
+    "Sync records taken from Kafka and not yet delivered to Klaviyo (in memory).",
+    registry=REGISTRY,
+)
+KLAVIYO_REQUESTS = Counter(
+    "returnsync_klaviyo_requests_total",
+    "Klaviyo API requests by endpoint and HTTP status (`error` when no response came).",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
+KLAVIYO_REQUEST_SECONDS = Histogram(
+    "returnsync_klaviyo_request_seconds",
+    "Klaviyo API request duration.",
+    ["endpoint"],
+    buckets=_HTTP_BUCKETS,
+    registry=REGISTRY,
+)
+KLAVIYO_RATE_LIMITED = Counter(
+    "returnsync_klaviyo_rate_limited_total",
+    "429 responses from Klaviyo.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+KLAVIYO_RETRIES = Counter(
+    "returnsync_klaviyo_retries_total",
+    "Klaviyo requests retried after 429, 5xx, timeouts or dropped connections.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+KLAVIYO_BATCH_SIZE = Histogram(
+    "returnsync_klaviyo_batch_size",
+    "Items (profiles or events) per Klaviyo request.",
+    ["endpoint"],
+    buckets=_BATCH_BUCKETS,
+    registry=REGISTRY,
+)
+KLAVIYO_AUTH_FAILED = Gauge(
+    "returnsync_klaviyo_auth_failed",
+    "1 while Klaviyo answers 401/403 for an account and delivery is paused.",
+    ["tenant"],
+    registry=REGISTRY,
+)
+
+# --- consumption -----------------------------------------------------------------------------
+CONSUMER_LAG_MESSAGES = Gauge(
+    "returnsync_consumer_lag_messages",
+    "Messages between the partition's end offset and this worker's position.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "returnsync_consumer_lag_seconds",
+    "Age of the oldest unprocessed message: now minus the timestamp of the next record.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+WORKER_READY = Gauge(
+    "returnsync_worker_ready",
+    "1 when partitions are assigned and tables recovered.",
+    registry=REGISTRY,
+)

@@ -1,0 +1,181 @@
+"""The one settings object (SPEC §7). Nothing else in the code reads `os.environ`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+
+import orjson
+
+from streams.projection import DEFAULT_METRIC_NAMES, ProjectionConfig
+from streams.topics import TopicNames
+
+SOURCES_WITH_SECRETS = ("loop", "redo", "swap", "shopify", "aftership")
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """One line per bad variable, so an operator fixes them all in one go."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str | None = None
+    klaviyo_api_key: str | None = field(default=None, repr=False)
+    klaviyo_base_url: str = "https://a.klaviyo.com"
+    klaviyo_revision: str = "2026-07-15"
+    webhook_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    swap_signature_header: str = "X-Swap-Signature"
+    web_host: str = "0.0.0.0"  # noqa: S104 - a worker in a container must be scrapeable
+    web_port: int = 6066
+    app_id: str = "returnsync"
+    topic_prefix: str = ""
+    partitions: int = 8
+    replication_factor: int = 1
+    standby_replicas: int = 1
+    store: str = "memory://"
+    data_dir: Path = Path(".returnsync-data")
+    dev_stack: bool = False
+    customer_api_token: str | None = field(default=None, repr=False)
+    log_level: str = "info"
+    session_timeout: float = 30.0
+    sync_batch_size: int = 500
+    sync_batch_seconds: float = 0.5
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames.with_prefix(self.topic_prefix)
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        defaults = cls()
+        secrets = {
+            source: value
+            for source in SOURCES_WITH_SECRETS
+            if (value := env.get(f"{source.upper()}_WEBHOOK_SECRET"))
+        }
+        projection = ProjectionConfig(
+            property_prefix=reader.text("RETURNSYNC_PROPERTY_PREFIX", "returns_"),
+            serial_returner_threshold=reader.number(
+                "RETURNSYNC_SERIAL_RETURNER_THRESHOLD", 3, int, minimum=1
+            ),
+            metric_names=reader.metric_names("RETURNSYNC_METRIC_NAMES"),
+        )
+        settings = cls(
+            kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            klaviyo_api_key=env.get("KLAVIYO_API_KEY") or None,
+            klaviyo_base_url=reader.url("KLAVIYO_BASE_URL", defaults.klaviyo_base_url),
+            klaviyo_revision=reader.text("KLAVIYO_REVISION", defaults.klaviyo_revision),
+            webhook_secrets=secrets,
+            swap_signature_header=reader.text("SWAP_SIGNATURE_HEADER", defaults.swap_signature_header),
+            web_host=reader.text("RETURNSYNC_WEB_HOST", defaults.web_host),
+            web_port=reader.number("RETURNSYNC_WEB_PORT", defaults.web_port, int, 1, 65535),
+            app_id=reader.text("RETURNSYNC_APP_ID", defaults.app_id),
+            topic_prefix=env.get("RETURNSYNC_TOPIC_PREFIX", ""),
+            partitions=reader.number("RETURNSYNC_PARTITIONS", defaults.partitions, int, 1, 1024),
+            replication_factor=reader.number("RETURNSYNC_REPLICATION_FACTOR", 1, int, 1, 16),
+            standby_replicas=reader.number("RETURNSYNC_STANDBY_REPLICAS", 1, int, 0, 16),
+            store=reader.choice("RETURNSYNC_STORE", defaults.store, ("memory://", "rocksdb://")),
+            data_dir=Path(reader.text("RETURNSYNC_DATA_DIR", str(defaults.data_dir))),
+            dev_stack=reader.flag("RETURNSYNC_DEV", False),
+            customer_api_token=env.get("RETURNSYNC_CUSTOMER_API_TOKEN") or None,
+            log_level=reader.choice(
+                "RETURNSYNC_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
+            ),
+            session_timeout=reader.number("RETURNSYNC_SESSION_TIMEOUT", 30.0, float, 1.0, 600.0),
+            sync_batch_size=reader.number("RETURNSYNC_SYNC_BATCH_SIZE", 500, int, 1, 10_000),
+            sync_batch_seconds=reader.number("RETURNSYNC_SYNC_BATCH_SECONDS", 0.5, float, 0.0, 60.0),
+            projection=projection,
+        )
+        reader.raise_if_errors()
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[str] = []
+
+    def text(self, name: str, default: str) -> str:
+        value = self.env.get(name)
+        return value.strip() if value and value.strip() else default
+
+    def url(self, name: str, default: str) -> str:
+        value = self.text(name, default).rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            self.errors.append(f"{name}={value!r}: must start with http:// or https://")
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in allowed:
+            self.errors.append(f"{name}={value!r}: must be one of {', '.join(allowed)}")
+            return default
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.env.get(name)
+        if value is None or value == "":
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        self.errors.append(f"{name}={value!r}: must be true or false")
+        return default
+
+    def number(
+        self,
+        name: str,
+        default: T,
+        kind: Callable[[str], T],
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            self.errors.append(f"{name}={raw!r}: must be a number")
+            return default
+        number = float(value)  # type: ignore[arg-type]
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            self.errors.append(f"{name}={raw!r}: must be between {minimum} and {maximum}")
+            return default
+        return value
+
+    def metric_names(self, name: str) -> dict[str, str]:
+        names = dict(DEFAULT_METRIC_NAMES)
+        raw = self.env.get(name)
+        if not raw:
+            return names
+        try:
+            overrides = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.errors.append(f"{name}: must be a JSON object of canonical type -> metric name")
+            return names
+        if not isinstance(overrides, dict) or not all(
+            key in names and isinstance(value, str) and 0 < len(value) < 128
+            for key, value in overrides.items()
+        ):
+            self.errors.append(
+                f"{name}: keys must be canonical types (or 'item'), values names under 128 chars"
+            )
+            return names
+        names.update(overrides)
+        return names
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            raise SettingsError("invalid configuration:\n  " + "\n  ".join(self.errors))

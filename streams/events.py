@@ -1,0 +1,310 @@
+"""The canonical return event (SPEC §3): one fact about one customer's return."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+from streams.errors import Reason, RejectedInput
+
+
+class EventType(StrEnum):
+    RETURN_REQUESTED = "return.requested"
+    RETURN_APPROVED = "return.approved"
+    RETURN_REJECTED = "return.rejected"
+    RETURN_CANCELLED = "return.cancelled"
+    RETURN_EXPIRED = "return.expired"
+    RETURN_IN_TRANSIT = "return.in_transit"
+    RETURN_RECEIVED = "return.received"
+    RETURN_CLOSED = "return.closed"
+    REFUND_ISSUED = "refund.issued"
+    EXCHANGE_CREATED = "exchange.created"
+    STORE_CREDIT_ISSUED = "store_credit.issued"
+    STORE_CREDIT_REDEEMED = "store_credit.redeemed"
+    ITEM_RESTOCKED = "item.restocked"
+
+    @property
+    def is_status(self) -> bool:
+        """A `return.*` event moves a return's status; the others are facts beside it."""
+        return self.value.startswith("return.")
+
+    @property
+    def status(self) -> str:
+        """The canonical status word a `return.*` event moves to (`in_transit`, `closed` ...)."""
+        return self.value.removeprefix("return.")
+
+
+class Outcome(StrEnum):
+    REFUND = "refund"
+    EXCHANGE = "exchange"
+    STORE_CREDIT = "store_credit"
+    MIXED = "mixed"
+
+
+SOURCES = frozenset({"loop", "redo", "swap", "shopify", "aftership", "api"})
+DEFAULT_TENANT = "default"
+
+# Klaviyo rejects emails of 100 characters or more; refusing them here keeps them out of state.
+_MAX_EMAIL = 99
+# Item events use `<event_id>:<n>` as Klaviyo unique_id, which Klaviyo caps at 255 characters.
+_MAX_EVENT_ID = 240
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    email: str
+    external_id: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnItem:
+    sku: str | None = None
+    product_name: str | None = None
+    variant_name: str | None = None
+    quantity: int = 1
+    value: Decimal | None = None
+    reason: str | None = None
+    reason_parent: str | None = None
+    outcome: str | None = None
+    new_sku: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnEvent:
+    event_id: str
+    type: EventType
+    occurred_at: datetime
+    customer: Customer
+    tenant: str = DEFAULT_TENANT
+    source: str = "api"
+    return_id: str | None = None
+    order_ref: str | None = None
+    status_raw: str | None = None
+    outcome: Outcome | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    items: tuple[ReturnItem, ...] = field(default_factory=tuple)
+    new_order_ref: str | None = None
+
+    @property
+    def customer_key(self) -> str:
+        return customer_key(self.tenant, self.customer.email)
+
+
+def customer_key(tenant: str, email: str) -> str:
+    """The partition key and table key of one customer: `<tenant>/<normalised email>`."""
+    return f"{tenant}/{normalise_email(email)}"
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing: a JSON object from a producer into a ReturnEvent, or a RejectedInput with a reason.
+
+
+def event_from_dict(obj: Any) -> ReturnEvent:
+    """Validate one canonical event object. Unknown fields are ignored."""
+    if not isinstance(obj, Mapping):
+        raise RejectedInput(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    event_id = _required_str(obj, "event_id")
+    if len(event_id) > _MAX_EVENT_ID:
+        raise RejectedInput(Reason.INVALID_FIELD, f"event_id longer than {_MAX_EVENT_ID} characters")
+    raw_type = _required_str(obj, "type")
+    try:
+        event_type = EventType(raw_type)
+    except ValueError:
+        raise RejectedInput(Reason.UNKNOWN_TYPE, f"type {raw_type!r} is not a canonical type") from None
+    tenant = _optional_str(obj, "tenant") or DEFAULT_TENANT
+    if not _TENANT.match(tenant):
+        raise RejectedInput(Reason.INVALID_FIELD, "tenant must be 1-64 of [A-Za-z0-9_.-]")
+    source = _optional_str(obj, "source") or "api"
+    if source not in SOURCES:
+        raise RejectedInput(Reason.UNKNOWN_SOURCE, f"source {source!r} is not one of {sorted(SOURCES)}")
+    return_id = _optional_str(obj, "return_id")
+    if event_type.is_status and not return_id:
+        raise RejectedInput(Reason.MISSING_FIELD, f"return_id is required for {event_type.value}")
+    raw_outcome = _optional_str(obj, "outcome")
+    try:
+        outcome = Outcome(raw_outcome) if raw_outcome else None
+    except ValueError:
+        raise RejectedInput(Reason.INVALID_FIELD, f"outcome {raw_outcome!r} is not known") from None
+    currency = _optional_str(obj, "currency")
+    if currency is not None and not _CURRENCY.match(currency):
+        raise RejectedInput(Reason.INVALID_FIELD, "currency must be an ISO 4217 code like USD")
+    return ReturnEvent(
+        event_id=event_id,
+        type=event_type,
+        occurred_at=parse_time(obj.get("occurred_at"), "occurred_at"),
+        customer=_customer(obj.get("customer")),
+        tenant=tenant,
+        source=source,
+        return_id=return_id,
+        order_ref=_optional_str(obj, "order_ref"),
+        status_raw=_optional_str(obj, "status_raw"),
+        outcome=outcome,
+        amount=parse_money(obj.get("amount"), "amount"),
+        currency=currency,
+        items=_items(obj.get("items")),
+        new_order_ref=_optional_str(obj, "new_order_ref"),
+    )
+
+
+def event_to_dict(event: ReturnEvent) -> dict[str, Any]:
+    """The wire form: money as decimal text, times as RFC 3339 UTC, absent fields left out."""
+    out: dict[str, Any] = {
+        "event_id": event.event_id,
+        "tenant": event.tenant,
+        "source": event.source,
+        "type": event.type.value,
+        "occurred_at": format_time(event.occurred_at),
+        "customer": _drop_none(
+            {
+                "email": event.customer.email,
+                "external_id": event.customer.external_id,
+                "first_name": event.customer.first_name,
+                "last_name": event.customer.last_name,
+            }
+        ),
+    }
+    optional = {
+        "return_id": event.return_id,
+        "order_ref": event.order_ref,
+        "status_raw": event.status_raw,
+        "outcome": event.outcome.value if event.outcome else None,
+        "amount": str(event.amount) if event.amount is not None else None,
+        "currency": event.currency,
+        "new_order_ref": event.new_order_ref,
+    }
+    out.update(_drop_none(optional))
+    if event.items:
+        out["items"] = [_item_to_dict(item) for item in event.items]
+    return out
+
+
+def _item_to_dict(item: ReturnItem) -> dict[str, Any]:
+    return _drop_none(
+        {
+            "sku": item.sku,
+            "product_name": item.product_name,
+            "variant_name": item.variant_name,
+            "quantity": item.quantity,
+            "value": str(item.value) if item.value is not None else None,
+            "reason": item.reason,
+            "reason_parent": item.reason_parent,
+            "outcome": item.outcome,
+            "new_sku": item.new_sku,
+        }
+    )
+
+
+def parse_time(value: Any, name: str) -> datetime:
+    """RFC 3339 with an explicit offset, returned in UTC. A naive time is refused, not guessed."""
+    if value is None:
+        raise RejectedInput(Reason.MISSING_FIELD, f"{name} is required")
+    if not isinstance(value, str):
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} must be an RFC 3339 string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} is not an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} has no timezone offset")
+    return parsed.astimezone(UTC)
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_money(value: Any, name: str) -> Decimal | None:
+    """Decimal text (or a JSON integer) into a non-negative finite Decimal."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} must be decimal text like \"12.50\"")
+    try:
+        # str() first: Decimal(0.1) would carry the float's binary error into money.
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} {value!r} is not a decimal") from None
+    if not amount.is_finite() or amount < 0:
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} must be a finite amount >= 0")
+    return amount
+
+
+def _customer(value: Any) -> Customer:
+    if not isinstance(value, Mapping):
+        raise RejectedInput(Reason.MISSING_FIELD, "customer object with an email is required")
+    raw_email = value.get("email")
+    if not isinstance(raw_email, str) or not raw_email.strip():
+        raise RejectedInput(Reason.MISSING_FIELD, "customer.email is required")
+    email = normalise_email(raw_email)
+    if len(email) > _MAX_EMAIL or not _EMAIL.match(email):
+        raise RejectedInput(Reason.INVALID_FIELD, "customer.email is not a valid email address")
+    return Customer(
+        email=email,
+        external_id=_optional_str(value, "external_id"),
+        first_name=_optional_str(value, "first_name"),
+        last_name=_optional_str(value, "last_name"),
+    )
+
+
+def _items(value: Any) -> tuple[ReturnItem, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise RejectedInput(Reason.INVALID_FIELD, "items must be a list")
+    items = []
+    for index, raw in enumerate(value):
+        if not isinstance(raw, Mapping):
+            raise RejectedInput(Reason.INVALID_FIELD, f"items[{index}] must be an object")
+        quantity = raw.get("quantity", 1)
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
+            raise RejectedInput(Reason.INVALID_FIELD, f"items[{index}].quantity must be an integer >= 1")
+        items.append(
+            ReturnItem(
+                sku=_optional_str(raw, "sku"),
+                product_name=_optional_str(raw, "product_name"),
+                variant_name=_optional_str(raw, "variant_name"),
+                quantity=quantity,
+                value=parse_money(raw.get("value"), f"items[{index}].value"),
+                reason=_optional_str(raw, "reason"),
+                reason_parent=_optional_str(raw, "reason_parent"),
+                outcome=_optional_str(raw, "outcome"),
+                new_sku=_optional_str(raw, "new_sku"),
+            )
+        )
+    return tuple(items)
+
+
+def _required_str(obj: Mapping[str, Any], name: str) -> str:
+    value = _optional_str(obj, name)
+    if not value:
+        raise RejectedInput(Reason.MISSING_FIELD, f"{name} is required")
+    return value
+
+
+def _optional_str(obj: Mapping[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} must be a string")
+    text = str(value).strip()
+    return text or None
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}

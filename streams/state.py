@@ -1,0 +1,243 @@
+"""A customer's return state (SPEC §4) and its serialised form in the table.
+
+State is immutable: the reducer builds a new value for every applied event. Everything the
+projection shows that can be derived (active returns, last return, balance, returned SKUs) is
+derived here from the stored facts rather than stored, so no delivery order can make it disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from streams.events import Outcome, format_time
+
+ACTIVE_STATUSES = frozenset({"requested", "approved", "in_transit", "received"})
+TERMINAL_STATUSES = frozenset({"closed", "rejected", "cancelled", "expired"})
+# Ties on occurred_at resolve forward through the lifecycle, then by event id: a total order.
+STATUS_RANK = {
+    "requested": 0,
+    "approved": 1,
+    "in_transit": 2,
+    "received": 3,
+    "closed": 4,
+    "rejected": 4,
+    "cancelled": 4,
+    "expired": 4,
+}
+RETURNED_SKUS_LIMIT = 50
+
+Version = tuple[datetime, int, str]
+"""Orders facts about one return: (occurred_at, status rank, event id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnRecord:
+    """What is known about one return. Kept after it closes so late events cannot reopen it."""
+
+    return_id: str
+    status: str | None = None
+    status_version: Version | None = None
+    opened_at: datetime | None = None
+    order_ref: str | None = None
+    skus: tuple[str, ...] = ()
+    item_count: int = 0
+    value: Decimal | None = None
+    reason: str | None = None
+    details_version: tuple[datetime, str] | None = None
+    outcomes: frozenset[str] = frozenset()
+    fact_ids: frozenset[str] = frozenset()
+
+    @property
+    def counted(self) -> bool:
+        """A return counts once a status event was seen; money facts alone do not make one."""
+        return self.status is not None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def status_at(self) -> datetime | None:
+        return self.status_version[0] if self.status_version else None
+
+    @property
+    def outcome(self) -> str | None:
+        if not self.outcomes:
+            return None
+        if len(self.outcomes) > 1 or Outcome.MIXED in self.outcomes:
+            return Outcome.MIXED.value
+        return next(iter(self.outcomes))
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    email: str
+    external_id: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    version: tuple[datetime, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerState:
+    customer_key: str
+    identity: Identity
+    returns: Mapping[str, ReturnRecord] = field(default_factory=dict)
+    return_count: int = 0
+    item_count: int = 0
+    refund_total: Decimal = Decimal(0)
+    exchange_count: int = 0
+    store_credit_issued_total: Decimal = Decimal(0)
+    store_credit_redeemed_total: Decimal = Decimal(0)
+    first_return_at: datetime | None = None
+    applied_ids: tuple[str, ...] = ()
+    version: int = 0
+
+    @property
+    def store_credit_balance(self) -> Decimal:
+        """Issued minus redeemed, never negative: a redemption seen before its issue waits."""
+        return max(Decimal(0), self.store_credit_issued_total - self.store_credit_redeemed_total)
+
+    @property
+    def active_returns(self) -> list[ReturnRecord]:
+        return sorted(
+            (record for record in self.returns.values() if record.active),
+            key=lambda record: (record.opened_at or record.status_at, record.return_id),
+        )
+
+    @property
+    def last_return(self) -> ReturnRecord | None:
+        counted = [record for record in self.returns.values() if record.counted]
+        if not counted:
+            return None
+        return max(counted, key=lambda record: (record.opened_at, record.return_id))
+
+    @property
+    def returned_skus(self) -> list[str]:
+        """SKUs returned, most recently opened return first, each once, bounded."""
+        ordered = sorted(
+            (record for record in self.returns.values() if record.counted),
+            key=lambda record: (record.opened_at, record.return_id),
+            reverse=True,
+        )
+        seen: dict[str, None] = {}
+        for record in ordered:
+            for sku in record.skus:
+                seen.setdefault(sku, None)
+        return list(seen)[:RETURNED_SKUS_LIMIT]
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialised form: plain JSON types, money as decimal text, times as RFC 3339 UTC.
+
+
+def state_to_dict(state: CustomerState) -> dict[str, Any]:
+    return {
+        "customer_key": state.customer_key,
+        "identity": {
+            "email": state.identity.email,
+            "external_id": state.identity.external_id,
+            "first_name": state.identity.first_name,
+            "last_name": state.identity.last_name,
+            "version": _pair_out(state.identity.version),
+        },
+        "returns": [_record_to_dict(record) for record in state.returns.values()],
+        "return_count": state.return_count,
+        "item_count": state.item_count,
+        "refund_total": str(state.refund_total),
+        "exchange_count": state.exchange_count,
+        "store_credit_issued_total": str(state.store_credit_issued_total),
+        "store_credit_redeemed_total": str(state.store_credit_redeemed_total),
+        "first_return_at": _time_out(state.first_return_at),
+        "applied_ids": list(state.applied_ids),
+        "version": state.version,
+    }
+
+
+def state_from_dict(data: Mapping[str, Any]) -> CustomerState:
+    identity = data["identity"]
+    records = (_record_from_dict(item) for item in data["returns"])
+    return CustomerState(
+        customer_key=data["customer_key"],
+        identity=Identity(
+            email=identity["email"],
+            external_id=identity["external_id"],
+            first_name=identity["first_name"],
+            last_name=identity["last_name"],
+            version=_pair_in(identity["version"]),
+        ),
+        returns={record.return_id: record for record in records},
+        return_count=data["return_count"],
+        item_count=data["item_count"],
+        refund_total=Decimal(data["refund_total"]),
+        exchange_count=data["exchange_count"],
+        store_credit_issued_total=Decimal(data["store_credit_issued_total"]),
+        store_credit_redeemed_total=Decimal(data["store_credit_redeemed_total"]),
+        first_return_at=_time_in(data["first_return_at"]),
+        applied_ids=tuple(data["applied_ids"]),
+        version=data["version"],
+    )
+
+
+def _record_to_dict(record: ReturnRecord) -> dict[str, Any]:
+    status_version = record.status_version
+    return {
+        "return_id": record.return_id,
+        "status": record.status,
+        "status_version": (
+            [format_time(status_version[0]), status_version[1], status_version[2]]
+            if status_version
+            else None
+        ),
+        "opened_at": _time_out(record.opened_at),
+        "order_ref": record.order_ref,
+        "skus": list(record.skus),
+        "item_count": record.item_count,
+        "value": str(record.value) if record.value is not None else None,
+        "reason": record.reason,
+        "details_version": _pair_out(record.details_version),
+        "outcomes": sorted(record.outcomes),
+        "fact_ids": sorted(record.fact_ids),
+    }
+
+
+def _record_from_dict(data: Mapping[str, Any]) -> ReturnRecord:
+    raw_version = data["status_version"]
+    return ReturnRecord(
+        return_id=data["return_id"],
+        status=data["status"],
+        status_version=(
+            (datetime.fromisoformat(raw_version[0]), raw_version[1], raw_version[2])
+            if raw_version
+            else None
+        ),
+        opened_at=_time_in(data["opened_at"]),
+        order_ref=data["order_ref"],
+        skus=tuple(data["skus"]),
+        item_count=data["item_count"],
+        value=Decimal(data["value"]) if data["value"] is not None else None,
+        reason=data["reason"],
+        details_version=_pair_in(data["details_version"]),
+        outcomes=frozenset(data["outcomes"]),
+        fact_ids=frozenset(data["fact_ids"]),
+    )
+
+
+def _time_out(value: datetime | None) -> str | None:
+    return format_time(value) if value is not None else None
+
+
+def _time_in(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _pair_out(value: tuple[datetime, str] | None) -> list[str] | None:
+    return [format_time(value[0]), value[1]] if value else None
+
+
+def _pair_in(value: list[str] | None) -> tuple[datetime, str] | None:
+    return (datetime.fromisoformat(value[0]), value[1]) if value else None
