@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +17,10 @@ from streams.topics import TopicNames
 
 SOURCES_WITH_SECRETS = ("loop", "redo", "swap", "shopify", "aftership")
 T = TypeVar("T")
+# Kafka's legal topic characters: the app id and the prefix end up in topic names.
+_KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{0,100}")
+_KAFKA_HINT = "at most 100 of letters, digits, '.', '_', '-'"
+_REVISION = re.compile(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?")
 
 
 class SettingsError(ValueError):
@@ -74,13 +80,15 @@ class Settings:
             kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             klaviyo_api_key=env.get("KLAVIYO_API_KEY") or None,
             klaviyo_base_url=reader.url("KLAVIYO_BASE_URL", defaults.klaviyo_base_url),
-            klaviyo_revision=reader.text("KLAVIYO_REVISION", defaults.klaviyo_revision),
+            klaviyo_revision=reader.matching(
+                "KLAVIYO_REVISION", defaults.klaviyo_revision, _REVISION, "a revision like 2026-07-15"
+            ),
             webhook_secrets=secrets,
             swap_signature_header=reader.text("SWAP_SIGNATURE_HEADER", defaults.swap_signature_header),
             web_host=reader.text("RETURNSYNC_WEB_HOST", defaults.web_host),
             web_port=reader.number("RETURNSYNC_WEB_PORT", defaults.web_port, int, 1, 65535),
-            app_id=reader.text("RETURNSYNC_APP_ID", defaults.app_id),
-            topic_prefix=env.get("RETURNSYNC_TOPIC_PREFIX", ""),
+            app_id=reader.matching("RETURNSYNC_APP_ID", defaults.app_id, _KAFKA_NAME, _KAFKA_HINT),
+            topic_prefix=reader.matching("RETURNSYNC_TOPIC_PREFIX", "", _KAFKA_NAME, _KAFKA_HINT),
             partitions=reader.number("RETURNSYNC_PARTITIONS", defaults.partitions, int, 1, 1024),
             replication_factor=reader.number("RETURNSYNC_REPLICATION_FACTOR", 1, int, 1, 16),
             standby_replicas=reader.number("RETURNSYNC_STANDBY_REPLICAS", 1, int, 0, 16),
@@ -109,6 +117,13 @@ class _Reader:
         value = self.env.get(name)
         return value.strip() if value and value.strip() else default
 
+    def matching(self, name: str, default: str, pattern: re.Pattern[str], hint: str) -> str:
+        value = self.text(name, default)
+        if not pattern.fullmatch(value):
+            self.errors.append(f"{name}={value!r}: must be {hint}")
+            return default
+        return value
+
     def url(self, name: str, default: str) -> str:
         value = self.text(name, default).rstrip("/")
         if not value.startswith(("http://", "https://")):
@@ -123,12 +138,12 @@ class _Reader:
         return value
 
     def flag(self, name: str, default: bool) -> bool:
-        value = self.env.get(name)
-        if value is None or value == "":
+        value = (self.env.get(name) or "").strip().lower()
+        if value == "":
             return default
-        if value.lower() in ("1", "true", "yes", "on"):
+        if value in ("1", "true", "yes", "on"):
             return True
-        if value.lower() in ("0", "false", "no", "off"):
+        if value in ("0", "false", "no", "off"):
             return False
         self.errors.append(f"{name}={value!r}: must be true or false")
         return default
@@ -150,8 +165,13 @@ class _Reader:
             self.errors.append(f"{name}={raw!r}: must be a number")
             return default
         number = float(value)  # type: ignore[arg-type]
-        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-            self.errors.append(f"{name}={raw!r}: must be between {minimum} and {maximum}")
+        # NaN compares false with every bound, so it would pass the range check unnoticed.
+        if (
+            math.isnan(number)
+            or (minimum is not None and number < minimum)
+            or (maximum is not None and number > maximum)
+        ):
+            self.errors.append(f"{name}={raw!r}: must be {_bounds(minimum, maximum)}")
             return default
         return value
 
@@ -179,3 +199,11 @@ class _Reader:
     def raise_if_errors(self) -> None:
         if self.errors:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(self.errors))
+
+
+def _bounds(minimum: float | None, maximum: float | None) -> str:
+    if maximum is None:
+        return f"a number >= {minimum:g}" if minimum is not None else "a number"
+    if minimum is None:
+        return f"a number <= {maximum:g}"
+    return f"between {minimum:g} and {maximum:g}"

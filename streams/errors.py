@@ -18,6 +18,8 @@ class Reason(StrEnum):
     UNSUPPORTED_PAYLOAD = "unsupported_payload"
     KLAVIYO_REJECTED = "klaviyo_rejected"
     KLAVIYO_IMPORT_ERROR = "klaviyo_import_error"
+    PROCESSING_ERROR = "processing_error"
+    """A bug met this input. The record is kept so it can be replayed once fixed."""
 
 
 class Stage(StrEnum):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ _MAX_EVENT_ID = 240
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+# Far above any real return, far below where Decimal sums overflow (1E+1000000 raises in the reducer).
+_MAX_MONEY = Decimal(10) ** 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,11 @@ class ReturnEvent:
 def customer_key(tenant: str, email: str) -> str:
     """The partition key and table key of one customer: `<tenant>/<normalised email>`."""
     return f"{tenant}/{normalise_email(email)}"
+
+
+def customer_ref(key: str) -> str:
+    """A short stable hash of a customer key: correlates logs without writing the email."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def normalise_email(email: str) -> str:
@@ -221,7 +229,10 @@ def parse_time(value: Any, name: str) -> datetime:
         raise RejectedInput(Reason.INVALID_FIELD, f"{name} is not an RFC 3339 time") from None
     if parsed.tzinfo is None:
         raise RejectedInput(Reason.INVALID_FIELD, f"{name} has no timezone offset")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} is out of range") from None
 
 
 def format_time(value: datetime) -> str:
@@ -239,16 +250,20 @@ def parse_money(value: Any, name: str) -> Decimal | None:
         amount = Decimal(str(value).strip())
     except InvalidOperation:
         raise RejectedInput(Reason.INVALID_FIELD, f"{name} {value!r} is not a decimal") from None
-    if not amount.is_finite() or amount < 0:
-        raise RejectedInput(Reason.INVALID_FIELD, f"{name} must be a finite amount >= 0")
+    if not amount.is_finite() or amount < 0 or amount >= _MAX_MONEY:
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} must be a finite amount >= 0 and < 10^15")
     return amount
 
 
 def _customer(value: Any) -> Customer:
-    if not isinstance(value, Mapping):
+    if value is None:
         raise RejectedInput(Reason.MISSING_FIELD, "customer object with an email is required")
+    if not isinstance(value, Mapping):
+        raise RejectedInput(Reason.INVALID_FIELD, "customer must be an object with an email")
     raw_email = value.get("email")
-    if not isinstance(raw_email, str) or not raw_email.strip():
+    if raw_email is not None and not isinstance(raw_email, str):
+        raise RejectedInput(Reason.INVALID_FIELD, "customer.email must be a string")
+    if raw_email is None or not raw_email.strip():
         raise RejectedInput(Reason.MISSING_FIELD, "customer.email is required")
     email = normalise_email(raw_email)
     if len(email) > _MAX_EMAIL or not _EMAIL.match(email):

@@ -9,19 +9,22 @@ Properties the rules keep, and the hypothesis tests check:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from streams.events import EventType, Outcome, ReturnEvent
-from streams.state import STATUS_RANK, CustomerState, Identity, ReturnRecord
+from streams.state import STATUS_RANK, CustomerState, Identity, ReturnRecord, Stamp
 
 APPLIED_IDS_LIMIT = 1000
 """Event ids remembered per customer for deduplication. Money facts tied to a return are also
 deduplicated by the ids kept on that return, which are never forgotten while the return is kept."""
 RETURNS_LIMIT = 500
 """Return records kept per customer; beyond it the oldest closed returns are forgotten."""
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 class Applied(StrEnum):
@@ -157,28 +160,37 @@ def _with_outcome(record: ReturnRecord, outcome: Outcome | None) -> ReturnRecord
 
 
 def _with_details(record: ReturnRecord, event: ReturnEvent) -> ReturnRecord:
-    """Items, value, order and reason come from the newest event that carries them."""
-    if not event.items and event.amount is None and event.order_ref is None:
-        return record
-    if record.order_ref is None and event.order_ref is not None:
-        record = replace(record, order_ref=event.order_ref)
-    if not event.type.is_status or not (event.items or event.amount is not None):
-        return record
-    version = (event.occurred_at, event.event_id)
-    if record.details_version is not None and version <= record.details_version:
-        return record
-    skus = tuple(dict.fromkeys(item.sku for item in event.items if item.sku))
-    reasons = [item.reason or item.reason_parent for item in event.items]
-    item_value = sum((item.value * item.quantity for item in event.items if item.value), Decimal(0))
-    return replace(
-        record,
-        order_ref=event.order_ref or record.order_ref,
-        skus=skus or record.skus,
-        item_count=sum(item.quantity for item in event.items) or record.item_count,
-        value=event.amount if event.amount is not None else (item_value or record.value),
-        reason=next((reason for reason in reasons if reason), record.reason),
-        details_version=version,
-    )
+    """Items, value, order and reason each come from the newest event that carries them.
+
+    Each detail has its own stamp: with one stamp for all, an older event carrying the items was
+    ignored when a newer one carrying only a value had arrived first.
+    """
+    details: dict[str, Any] = {"order_ref": event.order_ref}
+    if event.type.is_status:
+        item_value = sum((item.value * item.quantity for item in event.items if item.value), Decimal(0))
+        reasons = (item.reason or item.reason_parent for item in event.items)
+        details["items"] = event.items or None
+        details["reason"] = next((reason for reason in reasons if reason), None)
+        details["value"] = event.amount if event.amount is not None else (item_value or None)
+    newer, stamps = _newer_fields(details, record.details_version, event)
+    if "items" in newer:
+        items = newer.pop("items")
+        newer["skus"] = tuple(dict.fromkeys(item.sku for item in items if item.sku))
+        newer["item_count"] = sum(item.quantity for item in items)
+    return replace(record, **newer, details_version=stamps) if newer else record
+
+
+def _newer_fields(
+    values: Mapping[str, Any], stamps: Mapping[str, Stamp], event: ReturnEvent
+) -> tuple[dict[str, Any], dict[str, Stamp]]:
+    """The values `event` carries that are newer than the stamped ones, and the updated stamps."""
+    stamp = (event.occurred_at, event.event_id)
+    newer = {
+        name: value
+        for name, value in values.items()
+        if value is not None and (name not in stamps or stamp > stamps[name])
+    }
+    return newer, {**stamps, **dict.fromkeys(newer, stamp)}
 
 
 def _with_record(
@@ -191,27 +203,25 @@ def _with_record(
 
 
 def _identity(identity: Identity, event: ReturnEvent) -> Identity:
+    """Each identifier comes from the newest event carrying it, stamped per field like details."""
     customer = event.customer
-    if not (customer.external_id or customer.first_name or customer.last_name):
-        return identity
-    version = (event.occurred_at, event.event_id)
-    if identity.version is not None and version <= identity.version:
-        return identity
-    return Identity(
-        email=identity.email,
-        external_id=customer.external_id or identity.external_id,
-        first_name=customer.first_name or identity.first_name,
-        last_name=customer.last_name or identity.last_name,
-        version=version,
-    )
+    values = {
+        "external_id": customer.external_id,
+        "first_name": customer.first_name,
+        "last_name": customer.last_name,
+    }
+    newer, stamps = _newer_fields(values, identity.version, event)
+    return replace(identity, **newer, version=stamps) if newer else identity
 
 
 def _pruned(state: CustomerState) -> CustomerState:
+    """Forget the oldest closed returns first, then returns only money facts were seen for
+    (those have no time to sort by)."""
     if len(state.returns) <= RETURNS_LIMIT:
         return state
-    closed = sorted(
+    inactive = sorted(
         (record for record in state.returns.values() if not record.active),
-        key=lambda record: (record.opened_at or record.status_at, record.return_id),
+        key=lambda record: (not record.counted, record.opened_at or _NO_TIME, record.return_id),
     )
-    excess = {record.return_id for record in closed[: len(state.returns) - RETURNS_LIMIT]}
+    excess = {record.return_id for record in inactive[: len(state.returns) - RETURNS_LIMIT]}
     return replace(state, returns={k: v for k, v in state.returns.items() if k not in excess})

@@ -32,6 +32,9 @@ RETURNED_SKUS_LIMIT = 50
 
 Version = tuple[datetime, int, str]
 """Orders facts about one return: (occurred_at, status rank, event id)."""
+Stamp = tuple[datetime, str]
+"""(occurred_at, event id) of the event a detail came from. Each detail keeps its own stamp, so
+the newest event carrying it wins whatever the delivery order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,8 @@ class ReturnRecord:
     item_count: int = 0
     value: Decimal | None = None
     reason: str | None = None
-    details_version: tuple[datetime, str] | None = None
+    details_version: Mapping[str, Stamp] = field(default_factory=dict)
+    """Stamp per detail: `items` (skus, item_count), `reason`, `value`, `order_ref`."""
     outcomes: frozenset[str] = frozenset()
     fact_ids: frozenset[str] = frozenset()
 
@@ -79,7 +83,8 @@ class Identity:
     external_id: str | None = None
     first_name: str | None = None
     last_name: str | None = None
-    version: tuple[datetime, str] | None = None
+    version: Mapping[str, Stamp] = field(default_factory=dict)
+    """Stamp per field: `external_id`, `first_name`, `last_name`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +148,7 @@ def state_to_dict(state: CustomerState) -> dict[str, Any]:
             "external_id": state.identity.external_id,
             "first_name": state.identity.first_name,
             "last_name": state.identity.last_name,
-            "version": _pair_out(state.identity.version),
+            "version": _stamps_out(state.identity.version),
         },
         "returns": [_record_to_dict(record) for record in state.returns.values()],
         "return_count": state.return_count,
@@ -168,7 +173,7 @@ def state_from_dict(data: Mapping[str, Any]) -> CustomerState:
             external_id=identity["external_id"],
             first_name=identity["first_name"],
             last_name=identity["last_name"],
-            version=_pair_in(identity["version"]),
+            version=_stamps_in(identity["version"]),
         ),
         returns={record.return_id: record for record in records},
         return_count=data["return_count"],
@@ -199,7 +204,7 @@ def _record_to_dict(record: ReturnRecord) -> dict[str, Any]:
         "item_count": record.item_count,
         "value": str(record.value) if record.value is not None else None,
         "reason": record.reason,
-        "details_version": _pair_out(record.details_version),
+        "details_version": _stamps_out(record.details_version),
         "outcomes": sorted(record.outcomes),
         "fact_ids": sorted(record.fact_ids),
     }
@@ -221,7 +226,7 @@ def _record_from_dict(data: Mapping[str, Any]) -> ReturnRecord:
         item_count=data["item_count"],
         value=Decimal(data["value"]) if data["value"] is not None else None,
         reason=data["reason"],
-        details_version=_pair_in(data["details_version"]),
+        details_version=_stamps_in(data["details_version"]),
         outcomes=frozenset(data["outcomes"]),
         fact_ids=frozenset(data["fact_ids"]),
     )
@@ -235,9 +240,9 @@ def _time_in(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value is not None else None
 
 
-def _pair_out(value: tuple[datetime, str] | None) -> list[str] | None:
-    return [format_time(value[0]), value[1]] if value else None
+def _stamps_out(stamps: Mapping[str, Stamp]) -> dict[str, list[str]]:
+    return {name: [format_time(at), event_id] for name, (at, event_id) in sorted(stamps.items())}
 
 
-def _pair_in(value: list[str] | None) -> tuple[datetime, str] | None:
-    return (datetime.fromisoformat(value[0]), value[1]) if value else None
+def _stamps_in(data: Mapping[str, list[str]]) -> dict[str, Stamp]:
+    return {name: (datetime.fromisoformat(at), event_id) for name, (at, event_id) in data.items()}

@@ -1,0 +1,118 @@
+"""The Faust app: topics, the customer_returns table, and the agents wired onto them.
+
+Built by a factory rather than at import time, so each worker and each test gets its own app id,
+consumer group and changelog topics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from agents.lag import Progress
+from agents.settings import Settings
+
+TABLE_NAME = "customer_returns"
+
+
+@dataclass
+class Runtime:
+    """Everything an agent or a view needs, built once per worker."""
+
+    settings: Settings
+    app: faust.App
+    events: Any  # faust TopicT for returns.events plus the re-key topic
+    rekey: Any
+    sync: Any
+    deadletter: Any
+    raw: Any
+    table: Any
+    progress: Progress = field(default_factory=Progress)
+
+    @property
+    def rekey_topic_name(self) -> str:
+        return rekey_topic_name(self.settings)
+
+    @property
+    def sync_topic_name(self) -> str:
+        return sync_topic_name(self.settings)
+
+
+def rekey_topic_name(settings: Settings) -> str:
+    # Faust's naming for repartition topics: "<app id>-<topic>-<key>-repartition".
+    return f"{settings.app_id}-{settings.topics.events}-customer_key-repartition"
+
+
+def sync_topic_name(settings: Settings) -> str:
+    return f"{settings.app_id}-klaviyo-sync"
+
+
+def owned_topics(settings: Settings) -> list[str]:
+    """Topics created before the worker starts, all with the configured partition count."""
+    topics = settings.topics
+    return [topics.raw, topics.events, topics.deadletter, rekey_topic_name(settings),
+            sync_topic_name(settings)]
+
+
+def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
+    session = settings.session_timeout
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in bootstrap_servers.split(",")],
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session,
+        broker_heartbeat_interval=max(0.5, min(3.0, session / 4)),
+        broker_rebalance_timeout=session,
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_host=settings.web_host,
+    )
+    topics = settings.topics
+
+    def topic(*names: str, internal: bool = False) -> Any:
+        return app.topic(
+            *names,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+            internal=internal,
+        )
+
+    runtime = Runtime(
+        settings=settings,
+        app=app,
+        events=topic(topics.events, rekey_topic_name(settings)),
+        rekey=topic(rekey_topic_name(settings), internal=True),
+        sync=topic(sync_topic_name(settings), internal=True),
+        deadletter=topic(topics.deadletter),
+        raw=topic(topics.raw),
+        table=app.Table(
+            TABLE_NAME,
+            default=None,
+            partitions=settings.partitions,
+            # Bytes in and out (the app's serializers are raw): keys read back from the
+            # changelog during recovery must equal the keys written live.
+            key_type=bytes,
+            value_type=bytes,
+        ),
+    )
+    # Imported here: each module registers its agents or views on this runtime.
+    from agents import lag, state_agent, sync_agent, web_views
+
+    state_agent.register(runtime)
+    sync_agent.register(runtime)
+    web_views.register(runtime)
+    lag.register(runtime, {topics.events, rekey_topic_name(settings), sync_topic_name(settings)})
+    return runtime

@@ -1,0 +1,1 @@
+"""The Klaviyo edge: request bodies, the HTTP client, retries, and batch delivery."""

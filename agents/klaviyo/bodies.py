@@ -1,0 +1,59 @@
+"""JSON:API request bodies for the endpoints returnsync uses, as Klaviyo's OpenAPI spec has them.
+
+Never a `subscriptions` or consent field: a return must never change marketing consent.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from streams.events import format_time
+from streams.projection import KlaviyoEvent, ProfileUpdate
+
+
+def profile_import_body(update: ProfileUpdate) -> dict[str, Any]:
+    """POST /api/profile-import. Properties set to None clear on Klaviyo's side."""
+    attributes: dict[str, Any] = {"email": update.email, "properties": dict(update.properties)}
+    # Only identifiers we trust: a wrong external_id would merge the wrong profiles (409s).
+    for name in ("external_id", "first_name", "last_name"):
+        value = getattr(update, name)
+        if value is not None:
+            attributes[name] = value
+    return {"data": {"type": "profile", "attributes": attributes}}
+
+
+def event_body(event: KlaviyoEvent) -> dict[str, Any]:
+    """POST /api/events."""
+    return {"data": {"type": "event", "attributes": event_attributes(event, with_profile=True)}}
+
+
+def event_attributes(event: KlaviyoEvent, *, with_profile: bool) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "metric": {"data": {"type": "metric", "attributes": {"name": event.metric}}},
+        "properties": dict(event.properties),
+        "time": format_time(event.time),
+        "unique_id": event.unique_id,
+    }
+    if with_profile:
+        attributes["profile"] = {"data": {"type": "profile", "attributes": {"email": event.email}}}
+    if event.value is not None:
+        attributes["value"] = event.value
+        if event.value_currency:
+            attributes["value_currency"] = event.value_currency
+    if event.backfill:
+        attributes["backfill"] = True
+    return attributes
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return orjson.dumps(body, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        # JSON numbers are what Klaviyo segments on; amounts are two-decimal money, exact in float.
+        return float(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")

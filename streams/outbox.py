@@ -1,0 +1,101 @@
+"""The sync record: what the state agent hands to Klaviyo delivery, and how a batch coalesces.
+
+The state agent writes one record per processed event to an internal topic, so a slow Klaviyo
+never stalls state processing and the backlog is Kafka lag, not memory. A record carries the
+customer's full state after the event, so delivery can always send the latest state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from streams.events import ReturnEvent, event_from_dict, event_to_dict, format_time
+from streams.projection import KlaviyoEvent, ProfileUpdate, ProjectionConfig, klaviyo_events, profile_update
+from streams.reducer import Applied
+from streams.state import CustomerState, state_from_dict, state_to_dict
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRecord:
+    state: CustomerState
+    event: ReturnEvent
+    applied: Applied
+    ingested_at: datetime
+    backfill: bool = False
+
+    @property
+    def customer_key(self) -> str:
+        return self.state.customer_key
+
+
+@dataclass(slots=True)
+class CustomerDelivery:
+    """One customer's share of a batch: one profile write, the new timeline events."""
+
+    customer_key: str
+    tenant: str
+    profile: ProfileUpdate
+    events: list[KlaviyoEvent]
+    records: list[SyncRecord] = field(default_factory=list)
+
+
+def encode_sync_record(record: SyncRecord) -> bytes:
+    return orjson.dumps(
+        {
+            "state": state_to_dict(record.state),
+            "event": event_to_dict(record.event),
+            "applied": record.applied.value,
+            "ingested_at": format_time(record.ingested_at),
+            "backfill": record.backfill,
+        }
+    )
+
+
+def decode_sync_record(data: bytes) -> SyncRecord:
+    obj: dict[str, Any] = orjson.loads(data)
+    return SyncRecord(
+        state=state_from_dict(obj["state"]),
+        event=event_from_dict(obj["event"]),
+        applied=Applied(obj["applied"]),
+        ingested_at=datetime.fromisoformat(obj["ingested_at"]),
+        backfill=bool(obj.get("backfill", False)),
+    )
+
+
+def coalesce(records: Iterable[SyncRecord], config: ProjectionConfig) -> list[CustomerDelivery]:
+    """Many changes to one customer become one profile write carrying the newest state.
+
+    The newest state is the one with the highest version (events applied), never the last to
+    arrive, so a redelivered older record cannot overwrite a newer one within a batch.
+    """
+    latest: dict[str, SyncRecord] = {}
+    grouped: dict[str, list[SyncRecord]] = {}
+    for record in records:
+        key = record.customer_key
+        grouped.setdefault(key, []).append(record)
+        if key not in latest or record.state.version >= latest[key].state.version:
+            latest[key] = record
+    deliveries = []
+    for key, group in grouped.items():
+        events: dict[tuple[str, str], KlaviyoEvent] = {}
+        for record in group:
+            # An out-of-order status is history: recorded on the timeline, but flows must not fire.
+            backfill = record.backfill or record.applied is Applied.OUT_OF_ORDER
+            for event in klaviyo_events(record.event, config, backfill=backfill):
+                events.setdefault((event.metric, event.unique_id), event)
+        newest = latest[key]
+        deliveries.append(
+            CustomerDelivery(
+                customer_key=key,
+                tenant=newest.event.tenant,
+                profile=profile_update(newest.state, config),
+                events=list(events.values()),
+                records=group,
+            )
+        )
+    return deliveries

@@ -1,0 +1,178 @@
+"""Prometheus for the tests: the real `promtool` and `prometheus` binaries, and the PromQL
+expressions that grafana/ and prometheus/ ship.
+
+The binaries come from Debian's `prometheus` package. On a fresh machine, running as root,
+`prometheus_binaries()` installs it with apt-get; anywhere else it raises
+`PrometheusUnavailable`, and tests turn that into a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROMETHEUS_DIR = REPO / "prometheus"
+DASHBOARDS_DIR = REPO / "grafana" / "dashboards"
+
+_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+_APT_WAIT = ("-o", "DPkg::Lock::Timeout=300")
+
+
+class PrometheusUnavailable(RuntimeError):
+    """promtool or prometheus is missing and could not be installed."""
+
+
+@dataclass(frozen=True)
+class PrometheusBinaries:
+    promtool: Path
+    prometheus: Path
+
+
+def _find() -> PrometheusBinaries | None:
+    promtool, prometheus = shutil.which("promtool"), shutil.which("prometheus")
+    if promtool and prometheus:
+        return PrometheusBinaries(Path(promtool), Path(prometheus))
+    return None
+
+
+@functools.cache
+def prometheus_binaries() -> PrometheusBinaries:
+    """The promtool and prometheus on PATH, installing Debian's package first if need be."""
+    found = _find()
+    if found:
+        return found
+    how = "install Debian's package: `apt-get update && apt-get install -y prometheus`"
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        raise PrometheusUnavailable(f"promtool/prometheus not on PATH and not running as root: {how}")
+    if not shutil.which("apt-get"):
+        raise PrometheusUnavailable(f"promtool/prometheus not on PATH and there is no apt-get: {how}")
+    env = {**os.environ, **_APT_ENV}
+    for step in (
+        ["apt-get", *_APT_WAIT, "update", "-q"],
+        ["apt-get", *_APT_WAIT, "install", "-y", "-q", "--no-install-recommends", "prometheus"],
+    ):
+        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            raise PrometheusUnavailable(
+                f"`{' '.join(step)}` exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+    found = _find()
+    if not found:
+        raise PrometheusUnavailable("apt-get installed prometheus but promtool/prometheus are not on PATH")
+    return found
+
+
+def run_promtool(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """`promtool ARGS` with its output captured as text; the caller checks the exit code."""
+    promtool = prometheus_binaries().promtool
+    return subprocess.run(
+        [str(promtool), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+# --- the expressions grafana/ and prometheus/ ship ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expression:
+    where: str  # "dashboard.json: panel 'title' A" or "alerts.yml: AlertName", for messages
+    expr: str
+
+
+def dashboard_files() -> list[Path]:
+    return sorted(DASHBOARDS_DIR.glob("*.json"))
+
+
+def panels(dashboard: dict) -> Iterator[dict]:
+    """Every panel, including those inside collapsed rows."""
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def dashboard_expressions() -> list[Expression]:
+    found = []
+    for path in dashboard_files():
+        for panel in panels(json.loads(path.read_text())):
+            for target in panel.get("targets", []):
+                found.append(
+                    Expression(f"{path.name}: panel {panel['title']!r} {target['refId']}", target["expr"])
+                )
+    return found
+
+
+def alert_rules() -> list[dict[str, object]]:
+    groups = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def alert_expressions() -> list[Expression]:
+    return [Expression(f"alerts.yml: {rule['alert']}", str(rule["expr"])) for rule in alert_rules()]
+
+
+# --- metric names in PromQL -----------------------------------------------------------------------
+
+_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'')
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGE = re.compile(r"\[[^\]]*\]")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_IDENTIFIER = re.compile(r"(?<![\w.$])([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*\()")
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "atan2",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
+
+
+def metric_names_in(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects: identifiers that are not functions,
+    keywords, labels (in matchers or grouping), durations or Grafana variables."""
+    text = _STRING.sub('""', expr)
+    text = _MATCHERS.sub("", text)
+    text = _RANGE.sub("", text)
+    text = _GROUPING.sub("", text)
+    text = re.sub(r"\$\w+", "", text)
+    return {name for name in _IDENTIFIER.findall(text) if name.lower() not in _KEYWORDS}
+
+
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("", "_sum", "_count"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "unknown": ("",),
+}
+
+
+def catalogue_metric_names() -> set[str]:
+    """Every sample name agents/metrics.py's REGISTRY exports, plus Prometheus' own `up`.
+    (`_created` series are left out on purpose: nothing should chart or alert on them.)"""
+    from agents.metrics import REGISTRY
+
+    names = {"up"}
+    for family in REGISTRY.collect():
+        names.update(family.name + suffix for suffix in _SAMPLE_SUFFIXES[family.type])
+    return names

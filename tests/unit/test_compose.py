@@ -1,0 +1,288 @@
+"""docker-compose.yml, Dockerfile and .dockerignore agree with each other and with the repo:
+every path they mount exists, every name they refer to is defined, Prometheus scrapes the
+workers compose runs, Grafana loads the provisioning and dashboards compose mounts, and the
+workers' environment is one the project's own Settings accepts."""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import re
+import tomllib
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from agents.cli import DEFAULT_SANDBOX_KEY
+from agents.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict] = COMPOSE["services"]
+DECLARED_VOLUMES = set(COMPOSE.get("volumes") or {})
+
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def resolve(value: object) -> str:
+    """A compose value with every ${VAR:-default} replaced by its default (an empty env)."""
+    return _INTERPOLATION.sub(lambda m: m.group(2) or "", str(value))
+
+
+def environment(service: str) -> dict[str, str]:
+    return {key: resolve(value) for key, value in (SERVICES[service].get("environment") or {}).items()}
+
+
+def worker_services() -> list[str]:
+    return sorted(name for name, svc in SERVICES.items() if (svc.get("command") or [None])[0] == "worker")
+
+
+def mounts(service: str) -> list[tuple[str, str]]:
+    """(source, container path) for each short-syntax volume entry."""
+    found = []
+    for entry in SERVICES[service].get("volumes", []):
+        assert isinstance(entry, str), f"{service}: use the short volume syntax, got {entry!r}"
+        source, target, *_ = entry.split(":")
+        found.append((source, target))
+    return found
+
+
+def is_bind(source: str) -> bool:
+    return source.startswith((".", "/"))
+
+
+def host_path(service: str, container_path: str) -> Path:
+    """The repo path that a container path of `service` comes from, through its bind mounts."""
+    wanted = PurePosixPath(container_path)
+    for source, target in mounts(service):
+        if is_bind(source) and wanted.is_relative_to(target):
+            return (REPO / source / wanted.relative_to(target)).resolve()
+    raise AssertionError(f"{service} mounts nothing from the repo at {container_path}")
+
+
+def published_ports(service: str) -> dict[int, int]:
+    """container port -> host port."""
+    ports = {}
+    for entry in SERVICES[service].get("ports", []):
+        *_, host, container = str(entry).split(":")
+        ports[int(container)] = int(host)
+    return ports
+
+
+def flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_the_stack_has_every_service():
+    assert set(SERVICES) >= {"kafka", "klaviyo-sandbox", "worker-1", "worker-2", "prometheus", "grafana"}
+    assert worker_services() == ["worker-1", "worker-2"]
+
+
+def test_depends_on_names_services_and_health_conditions_have_healthchecks():
+    for name, service in SERVICES.items():
+        for target, condition in (service.get("depends_on") or {}).items():
+            assert target in SERVICES, f"{name} depends on unknown service {target}"
+            if condition.get("condition") == "service_healthy":
+                assert "healthcheck" in SERVICES[target], (
+                    f"{name} waits for {target} to be healthy: no healthcheck"
+                )
+
+
+def test_named_volumes_are_declared_and_every_declared_volume_is_used():
+    used = {source for name in SERVICES for source, _ in mounts(name) if not is_bind(source)}
+    assert used == DECLARED_VOLUMES
+
+
+def test_bind_mounted_paths_exist_in_the_repo_and_are_read_only():
+    binds = [
+        (name, entry) for name, svc in SERVICES.items() for entry in svc.get("volumes", []) if is_bind(entry)
+    ]
+    assert binds, "prometheus and grafana mount their configuration from the repo"
+    for name, entry in binds:
+        source = entry.split(":")[0]
+        assert (REPO / source).exists(), f"{name} mounts {source}, which is not in the repo"
+        assert entry.endswith(":ro"), f"{name}: mount configuration read-only ({entry})"
+
+
+def test_host_ports_are_unique():
+    host_ports = [port for name in SERVICES for port in published_ports(name).values()]
+    assert len(host_ports) == len(set(host_ports)), host_ports
+
+
+def test_every_interpolation_has_a_default_and_secrets_come_from_the_environment():
+    text = (REPO / "docker-compose.yml").read_text()
+    variables = re.findall(r"\$\{[^}]*\}", text)
+    assert variables
+    for variable in variables:
+        assert ":-" in variable, f"{variable}: give a default, compose warns and uses '' otherwise"
+    # The sandbox's own key is public (Klaviyo rejects it); every real secret defaults to empty.
+    public_defaults = {"KLAVIYO_API_KEY": DEFAULT_SANDBOX_KEY}
+    secrets = 0
+    for name, service in SERVICES.items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"KEY|SECRET|TOKEN|PASSWORD", key):
+                secrets += 1
+                default = re.escape(public_defaults.get(key, ""))
+                assert re.fullmatch(rf"\$\{{[A-Z0-9_]+:-{default}\}}", str(value)), (
+                    f"{name}.{key} must come from the environment, not {value!r}"
+                )
+    assert secrets >= 2 * 7, "both workers take the Klaviyo key, 5 webhook secrets and the API token"
+
+
+def test_the_sandbox_accepts_the_key_the_workers_send():
+    sandbox_key = SERVICES["klaviyo-sandbox"]["environment"]["KLAVIYO_API_KEY"]
+    for worker in worker_services():
+        assert SERVICES[worker]["environment"]["KLAVIYO_API_KEY"] == sandbox_key
+
+
+def test_kafka_is_a_single_kraft_node_with_a_healthcheck():
+    kafka = SERVICES["kafka"]
+    env = environment("kafka")
+    assert kafka["image"].startswith("apache/kafka:")
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    assert "CONTROLLER://:9093" in env["KAFKA_LISTENERS"].split(",")
+    # Kafka refuses to format storage unless the cluster id is a base64 16-byte UUID.
+    assert len(base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")) == 16
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert "localhost:9092" in " ".join(kafka["healthcheck"]["test"])
+    log_dir = env["KAFKA_LOG_DIRS"]
+    assert any(target == log_dir and not is_bind(source) for source, target in mounts("kafka"))
+
+
+@pytest.mark.parametrize("worker", ["worker-1", "worker-2"])
+def test_worker_runs_the_image_against_kafka_with_its_own_rocksdb_volume(worker):
+    service = SERVICES[worker]
+    env = environment(worker)
+    assert service["build"] == "." and (REPO / "Dockerfile").is_file()
+    assert service["command"] == ["worker"]
+
+    bootstrap = urlsplit("//" + env["KAFKA_BOOTSTRAP_SERVERS"])
+    assert bootstrap.hostname in SERVICES
+    assert f"PLAINTEXT://:{bootstrap.port}" in environment(bootstrap.hostname)["KAFKA_LISTENERS"]
+    assert service["depends_on"][bootstrap.hostname] == {"condition": "service_healthy"}
+
+    assert env["RETURNSYNC_STORE"] == "rocksdb://"
+    data_volumes = [source for source, target in mounts(worker) if target == env["RETURNSYNC_DATA_DIR"]]
+    assert len(data_volumes) == 1 and data_volumes[0] in DECLARED_VOLUMES
+    others = {source for name in worker_services() if name != worker for source, _ in mounts(name)}
+    assert data_volumes[0] not in others, "each worker needs its own RocksDB directory"
+
+    web_port = int(env["RETURNSYNC_WEB_PORT"])
+    assert web_port in published_ports(worker)
+    assert f"localhost:{web_port}/health" in " ".join(service["healthcheck"]["test"])
+
+
+def test_workers_publish_6066_and_6067():
+    assert sorted(published_ports(name)[6066] for name in worker_services()) == [6066, 6067]
+
+
+@pytest.mark.parametrize("worker", ["worker-1", "worker-2"])
+def test_worker_environment_is_accepted_by_settings_and_targets_the_sandbox(worker):
+    settings = Settings.from_env(environment(worker))
+    assert settings.kafka_bootstrap_servers and settings.klaviyo_api_key, "`returnsync worker` needs both"
+
+    sandbox = SERVICES["klaviyo-sandbox"]["command"]
+    assert sandbox[0] == "sandbox"
+    target = urlsplit(settings.klaviyo_base_url)
+    assert (target.hostname, target.port) == ("klaviyo-sandbox", int(flag(sandbox, "--port")))
+    assert flag(sandbox, "--host") == "0.0.0.0"
+    assert settings.store == "rocksdb://"
+
+
+def test_prometheus_loads_the_repo_config_and_scrapes_every_worker():
+    command = SERVICES["prometheus"]["command"]
+    config_arg = next(arg for arg in command if arg.startswith("--config.file="))
+    config_path = host_path("prometheus", config_arg.split("=", 1)[1])
+    assert config_path == REPO / "prometheus" / "prometheus.yml"
+    config = yaml.safe_load(config_path.read_text())
+
+    for rule_file in config["rule_files"]:
+        assert (config_path.parent / rule_file).is_file(), rule_file
+
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "returnsync"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = {target for group in job["static_configs"] for target in group["targets"]}
+    expected = {f"{name}:{environment(name)['RETURNSYNC_WEB_PORT']}" for name in worker_services()}
+    assert targets == expected
+
+
+def test_grafana_provisioning_and_dashboards_come_from_the_mounted_dirs():
+    provisioning = host_path("grafana", "/etc/grafana/provisioning")
+    assert provisioning == REPO / "grafana" / "provisioning"
+
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    url = urlsplit(datasource["url"])
+    assert url.hostname == "prometheus" and url.port in published_ports("prometheus")
+    scrape_interval = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())["global"]
+    assert datasource["jsonData"]["timeInterval"] == scrape_interval["scrape_interval"]
+
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "returnsync.yml").read_text())["providers"]
+    dashboards = host_path("grafana", provider["options"]["path"])
+    assert (dashboards / "returns-sync-health.json").is_file()
+
+    home = environment("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert host_path("grafana", home).is_file()
+    assert SERVICES["grafana"]["depends_on"]["prometheus"] == {"condition": "service_healthy"}
+
+
+# --- Dockerfile and build context -----------------------------------------------------------------
+
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def instructions(keyword: str) -> list[str]:
+    return [line.split(None, 1)[1] for line in DOCKERFILE.splitlines() if line.startswith(keyword + " ")]
+
+
+def test_dockerfile_installs_the_project_and_runs_the_cli_as_a_non_root_user():
+    assert instructions("FROM") == ["python:3.11-slim"]
+    assert any("pip install ." in run for run in instructions("RUN"))
+    assert instructions("USER") and instructions("USER")[-1] not in ("root", "0")
+    assert instructions("ENTRYPOINT") == ['["returnsync"]']
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "returnsync" in scripts
+
+
+def test_dockerfile_prepares_the_directory_the_workers_keep_rocksdb_in():
+    for worker in worker_services():
+        data_dir = environment(worker)["RETURNSYNC_DATA_DIR"]
+        # A fresh named volume takes the owner of the image directory it is mounted on.
+        assert re.search(rf"chown \S+ {re.escape(data_dir)}\b", DOCKERFILE), data_dir
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, simplified: the last pattern matching the path or a parent directory wins."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1)]
+    ignored = False
+    for raw in patterns:
+        pattern = raw.removeprefix("!").strip("/")
+        anywhere = pattern.startswith("**/")
+        names = candidates if anywhere else ["/".join(parts[:j]) for j in range(1, len(parts) + 1)]
+        if any(fnmatch.fnmatchcase(name, pattern.removeprefix("**/")) for name in names):
+            ignored = not raw.startswith("!")
+    return ignored
+
+
+def test_dockerignore_sends_the_package_and_nothing_else():
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for needed in ("pyproject.toml", "streams/__init__.py", "agents/__init__.py", "agents/metrics.py"):
+        assert not dockerignored(needed, patterns), f"{needed} must reach `pip install .`"
+    for kept_out in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".env",
+        "tests/unit/test_compose.py",
+        "agents/__pycache__/metrics.cpython-311.pyc",
+        ".returnsync-data/x.sst",
+    ):
+        assert dockerignored(kept_out, patterns), f"{kept_out} must stay out of the image"
