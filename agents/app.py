@@ -23,6 +23,7 @@ class Runtime:
 
     settings: Settings
     app: faust.App
+    bootstrap_servers: str
     events: Any  # faust TopicT for returns.events plus the re-key topic
     rekey: Any
     sync: Any
@@ -93,6 +94,7 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
     runtime = Runtime(
         settings=settings,
         app=app,
+        bootstrap_servers=bootstrap_servers,
         events=topic(topics.events, rekey_topic_name(settings)),
         rekey=topic(rekey_topic_name(settings), internal=True),
         sync=topic(sync_topic_name(settings), internal=True),
@@ -114,5 +116,5 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
     state_agent.register(runtime)
     sync_agent.register(runtime)
     web_views.register(runtime)
-    lag.register(runtime, {topics.events, rekey_topic_name(settings), sync_topic_name(settings)})
+    lag.register(runtime, {topics.events, rekey_topic_name(settings)})
     return runtime

@@ -6,6 +6,7 @@ buffers ahead, and a stuck agent with a full buffer must still show lag.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ def register(runtime: Any, topics: set[str]) -> None:
     async def measure_lag() -> None:
         now = time.time()
         assignment = app.consumer.assignment() if app.consumer else set()
-        measured: list[tuple[tuple[str, str], int, float]] = []
+        measured: list[Measurement] = []
         for tp in assignment:
             if tp.topic not in topics:
                 continue
@@ -45,9 +46,21 @@ def register(runtime: Any, topics: set[str]) -> None:
             # The next record is no older than the last one processed, so this bounds its age.
             seconds = 0.0 if lag == 0 else now - (last[1] if last else progress.assigned_at)
             measured.append(((tp.topic, str(tp.partition)), lag, max(0.0, seconds)))
-        # Replaced in one step, with no await between: partitions revoked since the last run go.
-        metrics.CONSUMER_LAG_MESSAGES.clear()
-        metrics.CONSUMER_LAG_SECONDS.clear()
-        for labels, lag, seconds in measured:
-            metrics.CONSUMER_LAG_MESSAGES.labels(*labels).set(lag)
-            metrics.CONSUMER_LAG_SECONDS.labels(*labels).set(seconds)
+        report_lag("faust", measured)
+
+
+Measurement = tuple[tuple[str, str], int, float]
+_reported: dict[str, set[tuple[str, str]]] = {}
+
+
+def report_lag(owner: str, measured: list[Measurement]) -> None:
+    """Set lag gauges for one consumer; partitions it no longer owns are removed, not left stale."""
+    current = {labels for labels, _, _ in measured}
+    for labels in _reported.get(owner, set()) - current:
+        for gauge in (metrics.CONSUMER_LAG_MESSAGES, metrics.CONSUMER_LAG_SECONDS):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+    for labels, lag, seconds in measured:
+        metrics.CONSUMER_LAG_MESSAGES.labels(*labels).set(lag)
+        metrics.CONSUMER_LAG_SECONDS.labels(*labels).set(seconds)
+    _reported[owner] = current

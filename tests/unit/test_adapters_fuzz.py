@@ -13,7 +13,7 @@ from datetime import UTC
 from typing import Any
 
 import pytest
-from adapter_support import assert_round_trips, fixture_body, fixture_headers, fixture_names, raw
+from tests.unit.adapter_support import assert_round_trips, fixture_body, fixture_headers, fixture_names, raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

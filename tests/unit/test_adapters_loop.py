@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from adapter_support import (
+from tests.unit.adapter_support import (
     RECEIVED,
     as_dicts,
     assert_golden,

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from adapter_support import assert_golden, assert_round_trips, fixture_json, fixture_names, raw, raw_fixture
+from tests.unit.adapter_support import assert_golden, assert_round_trips, fixture_json, fixture_names, raw, raw_fixture
 
 from streams.adapters import redo
 from streams.errors import Reason, RejectedInput

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from hypothesis import given, settings
-from strategies import FIXTURES, customer_streams, fixture_names, load_fixture
+from tests.unit.strategies import FIXTURES, customer_streams, fixture_names, load_fixture
 
 from streams.errors import Reason, RejectedInput
 from streams.events import (

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from adapter_support import fixture_json
+from tests.unit.adapter_support import fixture_json
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from strategies import event, fixture_names, load_fixture
+from tests.unit.strategies import event, fixture_names, load_fixture
 
 import streams.reducer as reducer
 from streams.events import EventType, ReturnEvent

@@ -16,7 +16,7 @@ from decimal import Decimal
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import customer_streams, event_streams
+from tests.unit.strategies import customer_streams, event_streams
 
 from streams.events import EventType, ReturnEvent
 from streams.projection import ProjectionConfig, profile_properties

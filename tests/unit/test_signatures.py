@@ -8,7 +8,7 @@ import hmac
 
 import orjson
 import pytest
-from adapter_support import fixture_body
+from tests.unit.adapter_support import fixture_body
 from hypothesis import given
 from hypothesis import strategies as st
 

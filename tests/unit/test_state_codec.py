@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import orjson
 import pytest
-from strategies import FIXTURES, event, fixture_names, load_fixture
+from tests.unit.strategies import FIXTURES, event, fixture_names, load_fixture
 
 from streams.codec import decode_event, dumps, encode_event, loads
 from streams.errors import Reason, RejectedInput

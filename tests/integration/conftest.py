@@ -1,0 +1,90 @@
+"""Real parts for integration tests: a Kafka-protocol broker, the Klaviyo sandbox, workers.
+
+The broker is, in order: `KAFKA_BOOTSTRAP_SERVERS` if set; a testcontainers Kafka when
+`RETURNSYNC_TEST_BROKER=testcontainers` (needs a Docker engine); else the embedded Tansu broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.broker import EmbeddedBroker, free_port
+from agents.processes import ChildProcess, worker_env
+from agents.publish import event_records, publish_records
+from streams.events import ReturnEvent
+from tests.integration.harness import SANDBOX_KEY, SandboxThread
+
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="session")
+def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    if os.environ.get("RETURNSYNC_TEST_BROKER") == "testcontainers":
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(log_file=log) as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxThread]:
+    server = SandboxThread(rate_limit_scale=0).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh topic prefix and app id per test: no test sees another's data or group."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+WorkerFactory = Callable[..., ChildProcess]
+
+
+@pytest.fixture
+def start_worker(
+    bootstrap_servers: str, sandbox: SandboxThread, prefix: str, tmp_path: Path
+) -> Iterator[WorkerFactory]:
+    started: list[ChildProcess] = []
+
+    def start(*, index: int = 0, env: dict[str, str] | None = None, port: int | None = None) -> ChildProcess:
+        web_port = port or free_port()
+        child_env = worker_env(
+            bootstrap_servers=bootstrap_servers, klaviyo_url=sandbox.url, klaviyo_key=SANDBOX_KEY,
+            app_id=f"{prefix}returnsync", web_port=web_port, data_dir=tmp_path / f"worker-{index}",
+            partitions=PARTITIONS, extra={"RETURNSYNC_TOPIC_PREFIX": prefix, **(env or {})},
+        )
+        worker = ChildProcess(["worker"], child_env, tmp_path / f"worker-{index}.log").start()
+        worker.web_url = f"http://127.0.0.1:{web_port}"  # type: ignore[attr-defined]
+        started.append(worker)
+        worker.wait_http(f"{worker.web_url}/ready", within=90)  # type: ignore[attr-defined]
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(within=20)
+
+
+@pytest.fixture
+def publish(bootstrap_servers: str, prefix: str) -> Callable[..., None]:
+    def send(events: list[ReturnEvent] | None = None, *, raw: list[tuple[bytes | None, bytes]] | None = None,
+             topic: str = "returns.events") -> None:
+        records = event_records(events or []) + (raw or [])
+        asyncio.run(publish_records(bootstrap_servers, prefix + topic, records))
+
+    return send
