@@ -34,28 +34,69 @@ def test_refund_exchange_store_credit_and_cancelled_customers_reach_klaviyo(
     start_worker()
     publish(events)
 
-    wait_until(lambda: sandbox.event_keys() >= expected.events, within=90,
-               what=f"{len(expected.events)} timeline events in the sandbox")
-    assert wait_until(lambda: not profile_differences(expected, sandbox), within=30,
-                      what="sandbox profiles equal to the reducer's state") is True
+    wait_until(
+        lambda: sandbox.event_keys() >= expected.events,
+        within=90,
+        what=f"{len(expected.events)} timeline events in the sandbox",
+    )
+    assert (
+        wait_until(
+            lambda: not profile_differences(expected, sandbox),
+            within=30,
+            what="sandbox profiles equal to the reducer's state",
+        )
+        is True
+    )
     assert sandbox.event_keys() == expected.events, "no event beyond the expected ones"
 
 
 def test_invalid_events_are_dead_lettered_and_valid_ones_around_them_applied(
-    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread,
-    bootstrap_servers: str, prefix: str,
+    start_worker: WorkerFactory,
+    publish: Callable[..., None],
+    sandbox: SandboxThread,
+    bootstrap_servers: str,
+    prefix: str,
 ) -> None:
     valid = demo_events(6, seed=11)
     bad = [
         (b"k1", b"{not json"),
         (b"k2", b"[1, 2, 3]"),
         (b"k3", orjson.dumps({"event_id": "x1", "type": "return.requested"})),
-        (b"k4", orjson.dumps({"event_id": "x2", "type": "return.teleported", "occurred_at": "2026-01-01T00:00:00Z",
-                              "customer": {"email": "a@b.co"}, "return_id": "R"})),
-        (b"k5", orjson.dumps({"event_id": "x3", "type": "refund.issued", "occurred_at": "2026-01-01T00:00:00",
-                              "customer": {"email": "a@b.co"}})),
-        (b"k6", orjson.dumps({"event_id": "x4", "type": "refund.issued", "occurred_at": "2026-01-01T00:00:00Z",
-                              "customer": {"email": "not-an-email"}, "amount": "1.00"})),
+        (
+            b"k4",
+            orjson.dumps(
+                {
+                    "event_id": "x2",
+                    "type": "return.teleported",
+                    "occurred_at": "2026-01-01T00:00:00Z",
+                    "customer": {"email": "a@b.co"},
+                    "return_id": "R",
+                }
+            ),
+        ),
+        (
+            b"k5",
+            orjson.dumps(
+                {
+                    "event_id": "x3",
+                    "type": "refund.issued",
+                    "occurred_at": "2026-01-01T00:00:00",
+                    "customer": {"email": "a@b.co"},
+                }
+            ),
+        ),
+        (
+            b"k6",
+            orjson.dumps(
+                {
+                    "event_id": "x4",
+                    "type": "refund.issued",
+                    "occurred_at": "2026-01-01T00:00:00Z",
+                    "customer": {"email": "not-an-email"},
+                    "amount": "1.00",
+                }
+            ),
+        ),
     ]
     start_worker()
     half = len(valid) // 2
@@ -77,5 +118,9 @@ def test_invalid_events_are_dead_lettered_and_valid_ones_around_them_applied(
 
     expected = expected_klaviyo(valid)
     wait_until(lambda: sandbox.event_keys() >= expected.events, within=60, what="all valid events")
-    assert wait_until(lambda: not profile_differences(expected, sandbox), within=30,
-                      what="profiles of the valid events") is True
+    assert (
+        wait_until(
+            lambda: not profile_differences(expected, sandbox), within=30, what="profiles of the valid events"
+        )
+        is True
+    )

@@ -13,7 +13,6 @@ from datetime import UTC
 from typing import Any
 
 import pytest
-from tests.unit.adapter_support import assert_round_trips, fixture_body, fixture_headers, fixture_names, raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +20,7 @@ from streams.adapters import ADAPTERS, AwaitingOrderCustomer, normalize, to_even
 from streams.errors import Reason, RejectedInput
 from streams.events import Customer
 from streams.raw import RawWebhook
+from tests.unit.adapter_support import assert_round_trips, fixture_body, fixture_headers, fixture_names, raw
 
 SOURCES = sorted(ADAPTERS)
 FIXTURES = [(source, name) for source in SOURCES for name in fixture_names(source)]

@@ -8,6 +8,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
+from streams.adapters import Normalized, Skip, loop
+from streams.errors import Reason, RejectedInput
+from streams.events import EventType
+from streams.reducer import reduce_events
 from tests.unit.adapter_support import (
     RECEIVED,
     as_dicts,
@@ -18,11 +23,6 @@ from tests.unit.adapter_support import (
     raw,
     raw_fixture,
 )
-
-from streams.adapters import Normalized, Skip, loop
-from streams.errors import Reason, RejectedInput
-from streams.events import EventType
-from streams.reducer import reduce_events
 
 LIFECYCLE = ["return_created", "return_updated_in_transit", "return_updated_delivered", "return_closed"]
 

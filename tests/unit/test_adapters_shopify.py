@@ -8,6 +8,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
+from streams.adapters import AwaitingOrderCustomer, Normalized, Skip, normalize, shopify
+from streams.errors import Reason, RejectedInput
+from streams.events import Customer, EventType, ReturnEvent
+from streams.raw import RawWebhook
+from streams.reducer import reduce_events
 from tests.unit.adapter_support import (
     as_dicts,
     assert_golden,
@@ -18,12 +24,6 @@ from tests.unit.adapter_support import (
     raw,
     raw_fixture,
 )
-
-from streams.adapters import AwaitingOrderCustomer, Normalized, Skip, normalize, shopify
-from streams.errors import Reason, RejectedInput
-from streams.events import Customer, EventType, ReturnEvent
-from streams.raw import RawWebhook
-from streams.reducer import reduce_events
 
 ORDER_KEY = "default/5196695273621"
 SAM = Customer("sam.lee@example.com", "6612345678901", "Sam", "Lee")

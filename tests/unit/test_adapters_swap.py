@@ -7,12 +7,19 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from tests.unit.adapter_support import assert_golden, assert_round_trips, fixture_json, fixture_names, raw, raw_fixture
 
 from streams.adapters import swap
 from streams.errors import Reason, RejectedInput
 from streams.events import EventType
 from streams.reducer import reduce_events
+from tests.unit.adapter_support import (
+    assert_golden,
+    assert_round_trips,
+    fixture_json,
+    fixture_names,
+    raw,
+    raw_fixture,
+)
 
 
 @pytest.mark.parametrize("name", fixture_names("swap"))

@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from tests.unit.strategies import event, fixture_names, load_fixture
 
 from streams.events import Customer, EventType, ReturnEvent, ReturnItem
 from streams.projection import (
@@ -21,6 +20,7 @@ from streams.projection import (
 )
 from streams.reducer import reduce_events
 from streams.state import CustomerState
+from tests.unit.strategies import event, fixture_names, load_fixture
 
 CONFIG = ProjectionConfig()
 PROPERTY_TYPES: dict[str, Any] = {

@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 import pytest
-from tests.unit.adapter_support import fixture_json
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.errors import Reason, RejectedInput
 from streams.raw import SIGNATURE_HEADERS, RawWebhook, decode_raw, encode_raw, raw_key
+from tests.unit.adapter_support import fixture_json
 
 AT = datetime(2024, 5, 2, 15, 4, 5, 123456, tzinfo=UTC)
 

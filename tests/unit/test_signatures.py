@@ -8,12 +8,12 @@ import hmac
 
 import orjson
 import pytest
-from tests.unit.adapter_support import fixture_body
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.errors import Reason, RejectedInput
 from streams.signatures import sign, verify
+from tests.unit.adapter_support import fixture_body
 
 SECRET = "whsec_7f3c1a9e"
 SOURCES = ["loop", "shopify", "aftership", "redo", "swap"]

@@ -7,13 +7,13 @@ from decimal import Decimal
 
 import orjson
 import pytest
-from tests.unit.strategies import FIXTURES, event, fixture_names, load_fixture
 
 from streams.codec import decode_event, dumps, encode_event, loads
 from streams.errors import Reason, RejectedInput
 from streams.events import event_to_dict
 from streams.reducer import reduce_events
 from streams.state import CustomerState, Identity, ReturnRecord, state_from_dict, state_to_dict
+from tests.unit.strategies import FIXTURES, event, fixture_names, load_fixture
 
 
 def state_of(name: str) -> CustomerState:
