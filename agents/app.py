@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 
+from agents import metrics
 from agents.lag import Progress
 from agents.settings import Settings
 
@@ -75,10 +76,13 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
         broker_heartbeat_interval=max(0.5, min(3.0, session / 4)),
         broker_rebalance_timeout=session,
         producer_acks=-1,
+        producer_max_request_size=settings.max_record_bytes,
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=settings.web_port,
-        web_host=settings.web_host,
+        # What the other workers dial when they route a request for a key this worker owns.
+        web_host=settings.web_advertised_host,
+        canonical_url=settings.canonical_url,
     )
     topics = settings.topics
 
@@ -111,10 +115,13 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
         ),
     )
     # Imported here: each module registers its agents or views on this runtime.
-    from agents import lag, state_agent, sync_agent, web_views
+    from agents import lag, normalize_agent, state_agent, sync_agent, web_views
 
+    metrics.preinitialise()
     state_agent.register(runtime)
-    sync_agent.register(runtime)
+    if settings.delivery_enabled:  # off: a state-only worker (benchmarks, delivery paused)
+        sync_agent.register(runtime)
     web_views.register(runtime)
+    normalize_agent.register(runtime)
     lag.register(runtime, {topics.events, rekey_topic_name(settings)})
     return runtime

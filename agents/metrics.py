@@ -17,6 +17,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from streams.errors import Reason, Stage
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -49,6 +51,12 @@ UNKNOWN_STATUSES = Counter(
     "returnsync_unknown_status_total",
     "Platform statuses with no canonical mapping: kept in returns.raw, no status change.",
     ["source"],
+    registry=REGISTRY,
+)
+WEBHOOKS_SKIPPED = Counter(
+    "returnsync_webhooks_skipped_total",
+    "Well-formed platform webhooks that mean no canonical event by design, by source and reason.",
+    ["source", "reason"],
     registry=REGISTRY,
 )
 HELD_EVENTS = Gauge(
@@ -140,6 +148,13 @@ KLAVIYO_AUTH_FAILED = Gauge(
     registry=REGISTRY,
 )
 
+# --- reconciliation -------------------------------------------------------------------------
+RECONCILE_DRIFT_PROFILES = Gauge(
+    "returnsync_reconcile_drift_profiles",
+    "Profiles whose Klaviyo properties differed from the derived state at the last reconcile.",
+    registry=REGISTRY,
+)
+
 # --- consumption -----------------------------------------------------------------------------
 CONSUMER_LAG_MESSAGES = Gauge(
     "returnsync_consumer_lag_messages",
@@ -158,3 +173,52 @@ WORKER_READY = Gauge(
     "1 when partitions are assigned and tables recovered.",
     registry=REGISTRY,
 )
+
+
+# --- series that exist from the first scrape -------------------------------------------------
+
+WEBHOOK_SOURCES = ("loop", "redo", "swap", "shopify", "aftership")
+WEBHOOK_RESULTS = ("accepted", "bad_signature", "not_json", "too_large", "no_secret", "unavailable")
+"""The usual outcomes of POST /webhooks/{source} and POST /events (source `api`), as
+agents/webhooks.py counts them: 2xx, 401, 400, 413, 403 (no secret configured), 503 (the broker
+did not acknowledge). Rarer results (bad_header, bad_tenant) appear on first use."""
+HELD_SOURCES = ("shopify",)
+"""Platforms whose events can wait for the customer to be known (Shopify returns before orders)."""
+
+DEADLETTER_REASONS: dict[Stage, tuple[Reason, ...]] = {
+    Stage.NORMALIZE: (
+        Reason.BAD_ENVELOPE, Reason.NOT_JSON, Reason.NOT_AN_OBJECT, Reason.MISSING_FIELD,
+        Reason.INVALID_FIELD, Reason.UNSUPPORTED_PAYLOAD, Reason.UNKNOWN_SOURCE, Reason.PROCESSING_ERROR,
+    ),
+    Stage.STATE: (
+        Reason.NOT_JSON, Reason.NOT_AN_OBJECT, Reason.MISSING_FIELD, Reason.INVALID_FIELD,
+        Reason.UNKNOWN_TYPE, Reason.UNKNOWN_SOURCE, Reason.PROCESSING_ERROR,
+    ),
+    Stage.SYNC: (Reason.KLAVIYO_REJECTED, Reason.KLAVIYO_IMPORT_ERROR, Reason.PROCESSING_ERROR),
+}
+"""What each stage can dead-letter for. Other pairs still count; they appear on first use."""
+
+
+def preinitialise() -> None:
+    """Create the zero-valued series of bounded label sets, once at worker start.
+
+    A labelled series is otherwise born on its first increment, which rate() and increase() then
+    miss (there is no earlier sample to compare with): the first burst of dead letters or bad
+    signatures would not count towards an alert, the first webhook's latency would chart as NaN,
+    and panels would show "No data" where the answer is 0. Only label sets known in advance:
+    never Klaviyo endpoints or statuses, tenants or partitions. Idempotent.
+    """
+    for source in WEBHOOK_SOURCES:
+        UNKNOWN_STATUSES.labels(source)
+    for source in HELD_SOURCES:
+        HELD_EVENTS.labels(source)
+    for source in (*WEBHOOK_SOURCES, "api"):
+        WEBHOOK_ACK_SECONDS.labels(source)
+        for result in WEBHOOK_RESULTS:
+            WEBHOOKS_RECEIVED.labels(source, result)
+    WEBHOOKS_RECEIVED.labels("api", "invalid")
+    for since in ("occurred", "ingested"):
+        SYNC_LATENCY_SECONDS.labels(since)
+    for stage, reasons in DEADLETTER_REASONS.items():
+        for reason in reasons:
+            DEADLETTERS.labels(stage.value, reason.value)

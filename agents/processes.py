@@ -19,8 +19,12 @@ import httpx
 
 
 class ChildProcess:
-    def __init__(self, args: list[str], env: Mapping[str, str], log_file: Path) -> None:
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], log_file: Path, *, command: list[str] | None = None
+    ) -> None:
+        """`args` go to `returnsync`; `command`, when given, is run instead (benchmark baselines)."""
         self.args = args
+        self.command = command or [sys.executable, "-m", "agents.cli", *args]
         self.env = {**os.environ, **env}
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
@@ -29,7 +33,7 @@ class ChildProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "agents.cli", *self.args],
+                self.command,
                 env=self.env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
             )
         return self
@@ -43,7 +47,7 @@ class ChildProcess:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if not self.running:
-                raise RuntimeError(f"{self.args[0]} exited early:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.command[-1]} exited early:\n{self.log_tail()}")
             try:
                 if httpx.get(url, timeout=2.0).status_code == status:
                     return

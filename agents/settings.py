@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import TypeVar
 
 import orjson
 
+from agents.klaviyo.accounts import DEFAULT_ACCOUNT, KlaviyoAccount, account_for, parse_accounts
 from streams.projection import DEFAULT_METRIC_NAMES, ProjectionConfig
 from streams.topics import TopicNames
 
@@ -21,6 +24,10 @@ T = TypeVar("T")
 _KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{0,100}")
 _KAFKA_HINT = "at most 100 of letters, digits, '.', '_', '-'"
 _REVISION = re.compile(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?")
+# A DNS name or an IPv4 address: what another worker puts in a URL to reach this one.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+_WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognised, not bound
 
 
 class SettingsError(ValueError):
@@ -33,10 +40,19 @@ class Settings:
     klaviyo_api_key: str | None = field(default=None, repr=False)
     klaviyo_base_url: str = "https://a.klaviyo.com"
     klaviyo_revision: str = "2026-07-15"
+    # Tenant (or its KLAVIYO_API_KEY_<TENANT> spelling) -> its own account; others use the default.
+    klaviyo_accounts: Mapping[str, KlaviyoAccount] = field(default_factory=dict, repr=False)
+    # Share of Klaviyo's published per-endpoint limits this service may spend (other apps may
+    # share the account); the sandbox's rate_limit_scale in tests.
+    klaviyo_rate_limit_scale: float = 1.0
+    klaviyo_auth_pause_seconds: float = 30.0
     webhook_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     swap_signature_header: str = "X-Swap-Signature"
     web_host: str = "0.0.0.0"  # noqa: S104 - a worker in a container must be scrapeable
     web_port: int = 6066
+    # How the other workers reach this one (Faust routes /customers/{email} to the owner of the
+    # key through it). None: the bind host, or this machine's hostname when binding every address.
+    advertised_host: str | None = None
     app_id: str = "returnsync"
     topic_prefix: str = ""
     partitions: int = 8
@@ -46,15 +62,48 @@ class Settings:
     data_dir: Path = Path(".returnsync-data")
     dev_stack: bool = False
     customer_api_token: str | None = field(default=None, repr=False)
+    events_api_token: str | None = field(default=None, repr=False)
+    webhook_max_bytes: int = 1024 * 1024
+    webhook_ack_timeout: float = 10.0
+    shopify_hold_per_order: int = 50
+    shopify_hold_max: int = 10_000
     log_level: str = "info"
     session_timeout: float = 30.0
     sync_batch_size: int = 500
     sync_batch_seconds: float = 0.5
+    delivery_enabled: bool = True
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+
+    @property
+    def web_advertised_host(self) -> str:
+        if self.advertised_host:
+            return self.advertised_host
+        return socket.gethostname() if self.web_host in _WILDCARD_BINDS else self.web_host
+
+    @property
+    def canonical_url(self) -> str:
+        """This worker's web server as the other workers address it."""
+        host = self.web_advertised_host
+        if ":" in host:  # an IPv6 literal
+            host = f"[{host}]"
+        return f"http://{host}:{self.web_port}"
+
+    @property
+    def max_record_bytes(self) -> int:
+        """The largest record the producer must send: a webhook body can double when escaped into
+        its returns.raw envelope, and double again when a dead letter quotes that envelope."""
+        return max(1_048_576, 4 * self.webhook_max_bytes + 64 * 1024)
 
     @property
     def topics(self) -> TopicNames:
         return TopicNames.with_prefix(self.topic_prefix)
+
+    @property
+    def default_klaviyo_account(self) -> KlaviyoAccount:
+        return KlaviyoAccount(DEFAULT_ACCOUNT, self.klaviyo_api_key or "", self.klaviyo_base_url)
+
+    def klaviyo_account(self, tenant: str) -> KlaviyoAccount:
+        return account_for(tenant, self.klaviyo_accounts, self.default_klaviyo_account)
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -76,10 +125,19 @@ class Settings:
             ),
             metric_names=reader.metric_names("RETURNSYNC_METRIC_NAMES"),
         )
+        klaviyo_base_url = reader.url("KLAVIYO_BASE_URL", defaults.klaviyo_base_url)
+        accounts_file = reader.text("KLAVIYO_ACCOUNTS_FILE", "")
         settings = cls(
             kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             klaviyo_api_key=env.get("KLAVIYO_API_KEY") or None,
-            klaviyo_base_url=reader.url("KLAVIYO_BASE_URL", defaults.klaviyo_base_url),
+            klaviyo_base_url=klaviyo_base_url,
+            klaviyo_accounts=parse_accounts(
+                env, Path(accounts_file) if accounts_file else None, klaviyo_base_url, reader.errors
+            ),
+            klaviyo_rate_limit_scale=reader.number("KLAVIYO_RATE_LIMIT_SCALE", 1.0, float, 0.001, 1.0),
+            klaviyo_auth_pause_seconds=reader.number(
+                "RETURNSYNC_KLAVIYO_AUTH_PAUSE_SECONDS", 30.0, float, 0.1, 3600.0
+            ),
             klaviyo_revision=reader.matching(
                 "KLAVIYO_REVISION", defaults.klaviyo_revision, _REVISION, "a revision like 2026-07-15"
             ),
@@ -87,6 +145,7 @@ class Settings:
             swap_signature_header=reader.text("SWAP_SIGNATURE_HEADER", defaults.swap_signature_header),
             web_host=reader.text("RETURNSYNC_WEB_HOST", defaults.web_host),
             web_port=reader.number("RETURNSYNC_WEB_PORT", defaults.web_port, int, 1, 65535),
+            advertised_host=reader.host("RETURNSYNC_ADVERTISED_HOST"),
             app_id=reader.matching("RETURNSYNC_APP_ID", defaults.app_id, _KAFKA_NAME, _KAFKA_HINT),
             topic_prefix=reader.matching("RETURNSYNC_TOPIC_PREFIX", "", _KAFKA_NAME, _KAFKA_HINT),
             partitions=reader.number("RETURNSYNC_PARTITIONS", defaults.partitions, int, 1, 1024),
@@ -96,12 +155,20 @@ class Settings:
             data_dir=Path(reader.text("RETURNSYNC_DATA_DIR", str(defaults.data_dir))),
             dev_stack=reader.flag("RETURNSYNC_DEV", False),
             customer_api_token=env.get("RETURNSYNC_CUSTOMER_API_TOKEN") or None,
+            events_api_token=env.get("RETURNSYNC_EVENTS_API_TOKEN") or None,
+            webhook_max_bytes=reader.number(
+                "RETURNSYNC_WEBHOOK_MAX_BYTES", defaults.webhook_max_bytes, int, 1024, 64 * 1024 * 1024
+            ),
+            webhook_ack_timeout=reader.number("RETURNSYNC_WEBHOOK_ACK_TIMEOUT", 10.0, float, 0.1, 300.0),
+            shopify_hold_per_order=reader.number("RETURNSYNC_SHOPIFY_HOLD_PER_ORDER", 50, int, 1, 10_000),
+            shopify_hold_max=reader.number("RETURNSYNC_SHOPIFY_HOLD_MAX", 10_000, int, 1, 10_000_000),
             log_level=reader.choice(
                 "RETURNSYNC_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
             session_timeout=reader.number("RETURNSYNC_SESSION_TIMEOUT", 30.0, float, 1.0, 600.0),
             sync_batch_size=reader.number("RETURNSYNC_SYNC_BATCH_SIZE", 500, int, 1, 10_000),
             sync_batch_seconds=reader.number("RETURNSYNC_SYNC_BATCH_SECONDS", 0.5, float, 0.0, 60.0),
+            delivery_enabled=reader.flag("RETURNSYNC_DELIVERY_ENABLED", True),
             projection=projection,
         )
         reader.raise_if_errors()
@@ -123,6 +190,15 @@ class _Reader:
             self.errors.append(f"{name}={value!r}: must be {hint}")
             return default
         return value
+
+    def host(self, name: str) -> str | None:
+        value = self.text(name, "")
+        if not value:
+            return None
+        if _HOSTNAME.fullmatch(value) or _is_ip(value.strip("[]")):
+            return value.strip("[]")
+        self.errors.append(f"{name}={value!r}: must be a host name or IP address, without scheme or port")
+        return None
 
     def url(self, name: str, default: str) -> str:
         value = self.text(name, default).rstrip("/")
@@ -199,6 +275,14 @@ class _Reader:
     def raise_if_errors(self) -> None:
         if self.errors:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(self.errors))
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _bounds(minimum: float | None, maximum: float | None) -> str:

@@ -7,6 +7,7 @@ dead-letter topic with a reason; it never stops on bad input.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -19,8 +20,7 @@ from agents.app import Runtime
 from streams.codec import decode_event
 from streams.deadletter import dead_letter
 from streams.errors import Reason, RejectedInput, Stage
-from streams.events import ReturnEvent, customer_ref
-from streams.outbox import SyncRecord, encode_sync_record
+from streams.events import customer_ref, format_time
 from streams.reducer import Applied, apply_event
 from streams.state import CustomerState, state_from_dict, state_to_dict
 
@@ -41,8 +41,48 @@ def dump_state(state: CustomerState) -> bytes:
     return orjson.dumps(state_to_dict(state))
 
 
+class DecodedStates:
+    """Decoded states of recently seen customers, so a hot customer is not re-parsed per event.
+
+    The table stays the only truth: an entry is used only while the table still holds exactly
+    the bytes it was decoded from (an identity check with the memory store, a memcmp with
+    RocksDB), so recovery, rebalances and other writers can never serve a stale state.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
+
+    def get(self, key: bytes, stored: bytes | None) -> CustomerState | None:
+        if stored is None:
+            return None
+        entry = self._entries.get(key)
+        if entry is not None and (entry[0] is stored or entry[0] == stored):
+            self._entries.move_to_end(key)
+            return entry[1]
+        return self.put(key, stored, state_from_dict(orjson.loads(stored)))
+
+    def put(self, key: bytes, stored: bytes, state: CustomerState) -> CustomerState:
+        self._entries[key] = (stored, state)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return state
+
+
+def sync_record_bytes(state: bytes, event: bytes, applied: Applied, ingested_at: datetime) -> bytes:
+    """The outbox record (streams.outbox format) spliced from bytes already encoded.
+
+    Both parts are valid JSON objects here (the state was just dumped; the event just parsed),
+    so splicing skips encoding the state a second time on the hottest path.
+    """
+    tail = orjson.dumps({"applied": applied.value, "ingested_at": format_time(ingested_at)})
+    return b'{"state":' + state + b',"event":' + event + b"," + tail[1:]
+
+
 def register(runtime: Runtime) -> None:
     app, table, settings = runtime.app, runtime.table, runtime.settings
+    states = DecodedStates()
 
     async def dead(stage: Stage, reason: Reason, error: str, message: Any) -> None:
         metrics.DEADLETTERS.labels(stage.value, reason.value).inc()
@@ -66,15 +106,21 @@ def register(runtime: Runtime) -> None:
             await runtime.rekey.send(key=key, value=message.value)
             return
         metrics.EVENTS_INGESTED.labels(event.source, event.type.value).inc()
-        before = load_state(table.get(key))
+        stored = table.get(key)
+        before = states.get(key, stored)
         result = apply_event(before, event)
         metrics.EVENTS_PROCESSED.labels(event.type.value, result.applied.value).inc()
-        if result.applied is not Applied.DUPLICATE:
-            table[key] = dump_state(result.state)
+        if result.applied is Applied.DUPLICATE:
+            state_bytes = stored if stored is not None else dump_state(result.state)
+        else:
+            state_bytes = dump_state(result.state)
+            table[key] = state_bytes
+            states.put(key, state_bytes, result.state)
             _count_active(before, result.state)
         # Re-sent for duplicates too: if a crash fell between the table write and this send, the
         # redelivered event is the only chance to deliver it; Klaviyo dedupes by unique_id.
-        await runtime.sync.send(key=key, value=encode_sync_record(_sync_record(event, result, message)))
+        record = sync_record_bytes(state_bytes, message.value, result.applied, _ingested_at(message))
+        await runtime.sync.send(key=key, value=record)
         log.debug("applied event=%s customer=%s result=%s", event.event_id,
                   customer_ref(event.customer_key), result.applied.value)
 
@@ -96,9 +142,8 @@ def register(runtime: Runtime) -> None:
         metrics.CUSTOMERS_WITH_ACTIVE_RETURN.set(active)
 
 
-def _sync_record(event: ReturnEvent, result: Any, message: Any) -> SyncRecord:
-    ingested = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp else datetime.now(UTC)
-    return SyncRecord(state=result.state, event=event, applied=result.applied, ingested_at=ingested)
+def _ingested_at(message: Any) -> datetime:
+    return datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp else datetime.now(UTC)
 
 
 def _has_active(state: CustomerState | None) -> bool:

@@ -9,7 +9,7 @@ from faust.exceptions import SameNode
 from faust.web import View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents import metrics
+from agents import metrics, webhooks
 from agents.app import Runtime
 from agents.state_agent import load_state
 from streams.events import DEFAULT_TENANT, customer_key
@@ -74,3 +74,5 @@ def register(runtime: Runtime) -> None:
             body["store_credit_balance"] = str(state.store_credit_balance)
             body["active_returns"] = [record.return_id for record in state.active_returns]
             return self.json(body)
+
+    webhooks.register(runtime)  # POST /webhooks/{source}, POST /events

@@ -192,6 +192,18 @@ def test_worker_environment_is_accepted_by_settings_and_targets_the_sandbox(work
     assert settings.store == "rocksdb://"
 
 
+@pytest.mark.parametrize("worker", ["worker-1", "worker-2"])
+def test_worker_advertises_its_service_name_so_the_other_worker_can_route_to_it(worker):
+    """Faust proxies /customers/{email} to the owner's canonical URL: the bind address 0.0.0.0
+    (or the container id) means nothing to the other container; the service name resolves."""
+    settings = Settings.from_env(environment(worker))
+    assert settings.web_host == "0.0.0.0", "bind every address, or the other worker cannot connect"
+    assert settings.web_advertised_host == worker
+    assert settings.canonical_url == f"http://{worker}:{environment(worker)['RETURNSYNC_WEB_PORT']}"
+    others = [Settings.from_env(environment(name)) for name in worker_services() if name != worker]
+    assert all(other.canonical_url != settings.canonical_url for other in others)
+
+
 def test_prometheus_loads_the_repo_config_and_scrapes_every_worker():
     command = SERVICES["prometheus"]["command"]
     config_arg = next(arg for arg in command if arg.startswith("--config.file="))
