@@ -115,7 +115,7 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
         ),
     )
     # Imported here: each module registers its agents or views on this runtime.
-    from agents import lag, normalize_agent, state_agent, sync_agent, web_views
+    from agents import lag, normalize_agent, reconcile_task, state_agent, sync_agent, web_views
 
     metrics.preinitialise()
     state_agent.register(runtime)
@@ -124,4 +124,5 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
     web_views.register(runtime)
     normalize_agent.register(runtime)
     lag.register(runtime, {topics.events, rekey_topic_name(settings)})
+    reconcile_task.register(runtime)
     return runtime

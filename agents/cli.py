@@ -1,4 +1,4 @@
-"""`returnsync` command line: worker, dev, sandbox, publish."""
+"""`returnsync` command line: worker, dev, sandbox, publish, replay, reconcile."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("file", type=Path)
     publish.add_argument("--source", default="canonical",
                          choices=("canonical", "loop", "redo", "swap", "shopify", "aftership"))
+    publish.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                         help="a header for every platform payload (X-Shopify-Topic, X-Returnsync-Tenant)")
+
+    from agents import reconcile, replay
+
+    replay.add_arguments(commands.add_parser("replay", help="rebuild Klaviyo from returns.events"))
+    reconcile.add_arguments(commands.add_parser("reconcile", help="compare a sample with Klaviyo"))
 
     args = parser.parse_args(argv)
     try:
@@ -67,7 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.kafka_bootstrap_servers:
             print("KAFKA_BOOTSTRAP_SERVERS is required for publish", file=sys.stderr)
             return 2
-        return asyncio.run(publish_file(settings, args.file, args.source))
+        return asyncio.run(publish_file(settings, args.file, args.source, args.header))
+    if args.command in ("replay", "reconcile"):
+        if not settings.kafka_bootstrap_servers:
+            print(f"KAFKA_BOOTSTRAP_SERVERS is required for {args.command}", file=sys.stderr)
+            return 2
+        run = replay.run_replay if args.command == "replay" else reconcile.run_reconcile
+        return asyncio.run(run(settings, args))
     return 2  # pragma: no cover - argparse enforces the choices
 
 

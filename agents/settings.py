@@ -72,6 +72,9 @@ class Settings:
     sync_batch_size: int = 500
     sync_batch_seconds: float = 0.5
     delivery_enabled: bool = True
+    reconcile_interval: float = 0.0
+    reconcile_sample: int = 200
+    reconcile_repair: bool = False
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
 
     @property
@@ -169,6 +172,9 @@ class Settings:
             sync_batch_size=reader.number("RETURNSYNC_SYNC_BATCH_SIZE", 500, int, 1, 10_000),
             sync_batch_seconds=reader.number("RETURNSYNC_SYNC_BATCH_SECONDS", 0.5, float, 0.0, 60.0),
             delivery_enabled=reader.flag("RETURNSYNC_DELIVERY_ENABLED", True),
+            reconcile_interval=reader.number("RETURNSYNC_RECONCILE_INTERVAL", 0.0, float, 0.0, 86_400.0),
+            reconcile_sample=reader.number("RETURNSYNC_RECONCILE_SAMPLE", 200, int, 1, 100_000),
+            reconcile_repair=reader.flag("RETURNSYNC_RECONCILE_REPAIR", False),
             projection=projection,
         )
         reader.raise_if_errors()

@@ -3,7 +3,11 @@
 It is deliberately not a Faust stream. Faust feeds every agent from one fetcher, so a sync agent
 stuck behind a Klaviyo outage would fill its buffer and starve the state agent, and Faust's
 shutdown would wait on it forever. A separate consumer group pauses only itself, commits only
-after Klaviyo accepted a batch (at-least-once), and is cancelled on shutdown or revocation.
+after Klaviyo accepted a batch (at-least-once), and gives up its in-flight work on revocation.
+
+Ordering per customer holds because one customer's records share a partition and batches are
+sent one after another; where that is not enough (redelivery re-batched after a crash, zombie
+producers, bulk jobs applied late) the version floors of agents/klaviyo/versions.py decide.
 """
 
 from __future__ import annotations
@@ -21,31 +25,47 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from agents import metrics
 from agents.app import Runtime
-from agents.klaviyo.client import KlaviyoClient
+from agents.klaviyo.channels import Channels
 from agents.klaviyo.delivery import Delivery
+from agents.klaviyo.highwater import KafkaVersions
+from agents.klaviyo.pipeline import Pipeline
 from agents.lag import report_lag
 from streams.deadletter import dead_letter
 from streams.errors import Reason, Stage
 from streams.outbox import SyncRecord, decode_sync_record
 
 log = logging.getLogger(__name__)
+PIPELINE_DEPTH = 4
 
 
-class _CancelOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """A revoked partition's batch must not land after its new owner's newer one."""
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Revoked: stop sending, let accepted bulk jobs finish (bounded), commit what settled.
+    Assigned: load the partitions' version floors before anything is delivered."""
 
-    def __init__(self) -> None:
-        self.inflight: asyncio.Task[None] | None = None
+    def __init__(
+        self, delivery: Delivery, pipeline: Pipeline, versions: KafkaVersions, fence_seconds: float
+    ) -> None:
+        self.delivery = delivery
+        self.pipeline = pipeline
+        self.versions = versions
+        self.fence_seconds = fence_seconds
+        self.inflight: asyncio.Task[Any] | None = None
+        self.generation = 0
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.generation += 1
         task = self.inflight
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        deadline = time.monotonic() + self.fence_seconds
+        await self.delivery.quiesce(self.fence_seconds)
+        await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        self.versions.forget_partitions(tp.partition for tp in revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        return None
+        await self.versions.load(tp.partition for tp in assigned)
 
 
 def register(runtime: Runtime) -> None:
@@ -56,12 +76,11 @@ def register(runtime: Runtime) -> None:
 
     @runtime.app.task  # type: ignore[untyped-decorator]
     async def klaviyo_sync() -> None:
-        client = KlaviyoClient(
-            api_key=settings.klaviyo_api_key or "",
-            base_url=settings.klaviyo_base_url,
-            revision=settings.klaviyo_revision,
-        )
-        delivery = Delivery(client, settings.projection, send_dead_letter)
+        channels = Channels.from_settings(settings)
+        versions = KafkaVersions(runtime.bootstrap_servers, f"{runtime.sync_topic_name}-versions",
+                                 settings.partitions, settings.replication_factor)
+        await versions.start()
+        delivery = Delivery(channels, settings.projection, send_dead_letter, versions)
         consumer = AIOKafkaConsumer(
             runtime.sync_topic_name,
             bootstrap_servers=runtime.bootstrap_servers,
@@ -73,33 +92,44 @@ def register(runtime: Runtime) -> None:
             # A batch may wait out a long Klaviyo outage before it is acknowledged.
             max_poll_interval_ms=3_600_000,
         )
-        listener = _CancelOnRevoke()
+        pipeline = Pipeline(lambda offsets: _commit(consumer, offsets), PIPELINE_DEPTH)
+        # The group waits for a revoking member up to the session timeout: fence within half.
+        listener = _Rebalance(delivery, pipeline, versions, settings.session_timeout / 2)
         consumer.subscribe([runtime.sync_topic_name], listener=listener)
         await consumer.start()
         try:
             while True:
                 await _deliver_next_batch(consumer, delivery, listener, runtime)
         finally:
+            pipeline.cancel_all()
             with contextlib.suppress(Exception):
                 await consumer.stop()
-            await client.aclose()
+            await versions.stop()
+            await channels.aclose()
 
 
 async def _deliver_next_batch(
-    consumer: AIOKafkaConsumer, delivery: Delivery, listener: _CancelOnRevoke, runtime: Runtime
+    consumer: AIOKafkaConsumer, delivery: Delivery, listener: _Rebalance, runtime: Runtime
 ) -> None:
-    settings = runtime.settings
-    batches = await consumer.getmany(
-        timeout_ms=int(settings.sync_batch_seconds * 1000), max_records=settings.sync_batch_size
-    )
+    settings, pipeline = runtime.settings, listener.pipeline
+    await pipeline.commit_settled()
+    if pipeline.full:
+        await pipeline.wait_head()
+        return
+    generation = listener.generation
+    # With batches settling, come back soon to commit them rather than waiting out a quiet topic.
+    wait = settings.sync_batch_seconds if not len(pipeline) else min(settings.sync_batch_seconds, 0.1)
+    batches = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=settings.sync_batch_size)
     _report_sync_lag(consumer, batches)
     messages = [message for partition in batches.values() for message in partition]
     if not messages:
         return
     records = await _decode(messages, runtime)
-    listener.inflight = asyncio.ensure_future(delivery.deliver(records))
+    if listener.generation != generation:
+        return  # revoked meanwhile: these partitions may be another worker's now
+    listener.inflight = asyncio.ensure_future(delivery.submit(records))
     try:
-        await listener.inflight
+        settled = await listener.inflight
     except asyncio.CancelledError:
         if not listener.inflight.cancelled():
             raise  # we are being stopped, not revoked
@@ -107,11 +137,15 @@ async def _deliver_next_batch(
         return
     finally:
         listener.inflight = None
-    offsets = {tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}
+    pipeline.add({tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}, settled)
+
+
+async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
     try:
         await consumer.commit(offsets)
     except (CommitFailedError, KafkaError) as exc:
-        # Lost the partitions meanwhile: the new owner redelivers; Klaviyo writes are idempotent.
+        # Lost the partitions meanwhile: the new owner redelivers; the version floors and
+        # idempotent writes make that harmless.
         log.warning("sync commit failed (redelivery follows): %s", exc)
 
 

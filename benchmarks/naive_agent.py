@@ -38,7 +38,9 @@ def main() -> None:
 
     from faust.worker import Worker
 
-    Worker(app, loglevel=os.environ.get("RETURNSYNC_LOG_LEVEL", "WARNING").upper(), quiet=True).execute_from_commandline()
+    Worker(
+        app, loglevel=os.environ.get("RETURNSYNC_LOG_LEVEL", "WARNING").upper(), quiet=True
+    ).execute_from_commandline()
 
 
 if __name__ == "__main__":

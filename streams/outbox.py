@@ -7,7 +7,7 @@ customer's full state after the event, so delivery can always send the latest st
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,6 +42,8 @@ class CustomerDelivery:
     profile: ProfileUpdate
     events: list[KlaviyoEvent]
     records: list[SyncRecord] = field(default_factory=list)
+    version: int = 0
+    """The state version `profile` was projected from: events applied to this customer."""
 
 
 def encode_sync_record(record: SyncRecord) -> bytes:
@@ -96,6 +98,25 @@ def coalesce(records: Iterable[SyncRecord], config: ProjectionConfig) -> list[Cu
                 profile=profile_update(newest.state, config),
                 events=list(events.values()),
                 records=group,
+                version=newest.state.version,
             )
         )
     return deliveries
+
+
+def admit(
+    deliveries: Iterable[CustomerDelivery], floor: Callable[[str], int]
+) -> tuple[list[CustomerDelivery], list[CustomerDelivery]]:
+    """Split deliveries into those whose profile may be written and the stale ones.
+
+    `floor(customer_key)` is the highest version already written (or about to be) for that
+    customer. A lower version must never follow it: its profile write is dropped, its events
+    still go (they are timeline facts, deduplicated by unique_id). An equal version is a
+    redelivery of the same state and is written again, which is harmless and needed when the
+    first write's outcome was lost.
+    """
+    fresh: list[CustomerDelivery] = []
+    stale: list[CustomerDelivery] = []
+    for delivery in deliveries:
+        (fresh if delivery.version >= floor(delivery.customer_key) else stale).append(delivery)
+    return fresh, stale

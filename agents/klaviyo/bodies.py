@@ -5,6 +5,7 @@ Never a `subscriptions` or consent field: a return must never change marketing c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +24,48 @@ def profile_import_body(update: ProfileUpdate) -> dict[str, Any]:
         if value is not None:
             attributes[name] = value
     return {"data": {"type": "profile", "attributes": attributes}}
+
+
+def bulk_profile_item(update: ProfileUpdate) -> dict[str, Any]:
+    """One profile of POST /api/profile-bulk-import-jobs.
+
+    Bulk import ignores nulls, so a property to clear goes in meta.patch_properties.unset.
+    """
+    item: dict[str, Any] = profile_import_body(update)["data"]
+    properties = item["attributes"]["properties"]
+    cleared = [name for name, value in properties.items() if value is None]
+    item["attributes"]["properties"] = {k: v for k, v in properties.items() if v is not None}
+    if cleared:
+        item["meta"] = {"patch_properties": {"unset": cleared}}
+    return item
+
+
+def bulk_profiles_body(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {"data": {"type": "profile-bulk-import-job", "attributes": {"profiles": {"data": list(items)}}}}
+
+
+def bulk_event_item(event: KlaviyoEvent) -> dict[str, Any]:
+    return {"type": "event", "attributes": event_attributes(event, with_profile=False)}
+
+
+def bulk_event_entry(email: str, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """All of one profile's events in a POST /api/event-bulk-create-jobs request."""
+    return {
+        "type": "event-bulk-create",
+        "attributes": {
+            "profile": {"data": {"type": "profile", "attributes": {"email": email}}},
+            "events": {"data": list(items)},
+        },
+    }
+
+
+def bulk_events_body(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "data": {
+            "type": "event-bulk-create-job",
+            "attributes": {"events-bulk-create": {"data": list(entries)}},
+        }
+    }
 
 
 def event_body(event: KlaviyoEvent) -> dict[str, Any]:

@@ -1,16 +1,20 @@
-"""One httpx AsyncClient per Klaviyo account, with typed outcomes and retries.
+"""One httpx AsyncClient per Klaviyo account: rate budgets, retries, the auth pause, typed outcomes.
 
 Every write returnsync makes is idempotent (profile upserts of the latest state, events with a
-deterministic `unique_id`), so retrying a request whose answer was lost is always safe.
+deterministic `unique_id`), so retrying a request whose answer was lost is always safe. A request
+spends its endpoint's budget before it is sent; a 429 blocks the endpoint until Retry-After has
+passed; 5xx, timeouts and dropped connections back off exponentially with full jitter; 401/403
+pause the whole account (one request probes, the rest wait) instead of failing the backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -19,13 +23,19 @@ import httpx
 import orjson
 
 from agents import metrics
-from agents.klaviyo.bodies import encode, event_body, profile_import_body
-from streams.projection import KlaviyoEvent, ProfileUpdate
+from agents.klaviyo.auth import AuthGate
+from agents.klaviyo.bodies import encode
+from agents.klaviyo.ratelimit import Budgets
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 524})
 AUTH_STATUSES = frozenset({401, 403})
+# Requests in flight per endpoint; the connection pool holds them all, so a request that has
+# spent a token is sent at once instead of queueing for a connection (see ratelimit.py).
+CONCURRENCY = {"events": 32, "profile-import": 16}
+DEFAULT_CONCURRENCY = 4
+BULK_TIMEOUT = 60.0
 
 
 class KlaviyoError(Exception):
@@ -38,10 +48,6 @@ class KlaviyoError(Exception):
 
 class KlaviyoRejected(KlaviyoError):
     """A permanent 4xx: the request will never succeed as it is. Goes to the dead-letter topic."""
-
-
-class KlaviyoAuthFailed(KlaviyoError):
-    """401/403: the key is wrong or lacks a scope. Delivery pauses; retrying burns nothing."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,18 @@ class KlaviyoClient:
         api_key: str,
         base_url: str,
         revision: str,
+        budgets: Budgets | None = None,
         timeout: float = 15.0,
         retry: RetryPolicy | None = None,
-        max_connections: int = 32,
+        auth_pause_seconds: float = 30.0,
+        on_auth_change: Callable[[bool], None] = lambda paused: None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
+        self.budgets = budgets or Budgets()
+        self.auth = AuthGate(auth_pause_seconds, on_auth_change)
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        pool = sum(CONCURRENCY.values()) + 5 * DEFAULT_CONCURRENCY
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={
@@ -79,17 +92,45 @@ class KlaviyoClient:
                 "User-Agent": "returnsync/0.1",
             },
             timeout=httpx.Timeout(timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=max_connections),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            transport=transport,
         )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def import_profile(self, update: ProfileUpdate) -> None:
-        await self.send("profile-import", "POST", "/api/profile-import", profile_import_body(update))
+    async def import_profile(self, body: dict[str, Any]) -> None:
+        await self.send("profile-import", "POST", "/api/profile-import", body)
 
-    async def create_event(self, event: KlaviyoEvent) -> None:
-        await self.send("events", "POST", "/api/events", event_body(event))
+    async def create_event(self, body: dict[str, Any]) -> None:
+        await self.send("events", "POST", "/api/events", body)
+
+    async def bulk_import_profiles(self, body: dict[str, Any]) -> str:
+        """Returns the job id to poll."""
+        response = await self.send("profile-bulk-import-jobs", "POST", "/api/profile-bulk-import-jobs", body)
+        job_id: str = orjson.loads(response.content)["data"]["id"]
+        return job_id
+
+    async def bulk_create_events(self, body: dict[str, Any]) -> None:
+        await self.send("event-bulk-create-jobs", "POST", "/api/event-bulk-create-jobs", body)
+
+    async def import_job(self, job_id: str) -> dict[str, Any]:
+        path = f"/api/profile-bulk-import-jobs/{quote(job_id, safe='')}"
+        response = await self.send("profile-bulk-import-job", "GET", path, None)
+        attributes: dict[str, Any] = orjson.loads(response.content)["data"]["attributes"]
+        return attributes
+
+    async def import_errors(self, job_id: str) -> list[dict[str, Any]]:
+        """Every import-error row of a finished job, all pages."""
+        rows: list[dict[str, Any]] = []
+        job = quote(job_id, safe="")
+        path: str | None = f"/api/profile-bulk-import-jobs/{job}/import-errors?page[size]=100"
+        while path is not None:
+            page = orjson.loads((await self.send("import-errors", "GET", path, None)).content)
+            rows.extend(page.get("data") or [])
+            following = (page.get("links") or {}).get("next")
+            path = httpx.URL(following).raw_path.decode() if following else None
+        return rows
 
     async def profiles_by_email(self, emails: Sequence[str]) -> list[dict[str, Any]]:
         """Read profiles (100 emails per request) for drift checks and support tooling."""
@@ -107,39 +148,91 @@ class KlaviyoClient:
         self, endpoint: str, method: str, path: str, body: dict[str, Any] | None
     ) -> httpx.Response:
         content = encode(body) if body is not None else None
-        attempt = 0
-        while True:
-            started = time.monotonic()
-            try:
-                response = await self._http.request(method, path, content=content)
-            except httpx.TransportError as exc:
-                # Timeouts and dropped connections: the request may or may not have landed.
-                metrics.KLAVIYO_REQUESTS.labels(endpoint, "error").inc()
-                self._give_up_if_exhausted(attempt, None, f"{type(exc).__name__}: {exc}")
-                await self._wait(endpoint, attempt, None)
+        seconds = BULK_TIMEOUT if content is not None and len(content) > 1_000_000 else None
+        attempt, probing = 0, False
+        try:
+            while True:
+                if not probing:
+                    await self.auth.wait_open()
+                async with self._sending(endpoint):
+                    response = await self._attempt(endpoint, method, path, content, seconds)
+                if response is None:  # no answer: timeout or dropped connection
+                    self._give_up_if_exhausted(attempt, None, "no response")
+                    await self._wait(endpoint, attempt, None)
+                    attempt += 1
+                    continue
+                status = response.status_code
+                if status in AUTH_STATUSES:
+                    probing = probing or self.auth.claim_probe()
+                    if probing:
+                        log.error("klaviyo auth failed status=%s endpoint=%s: account paused, probing "
+                                  "again in %.0fs", status, endpoint, self.auth.pause)
+                        await asyncio.sleep(self.auth.pause)
+                    continue
+                if probing:
+                    probing = False
+                    self.auth.reopen()
+                    log.info("klaviyo auth recovered endpoint=%s: account resumed", endpoint)
+                if status < 300:
+                    return response
+                errors = _errors(response)
+                detail = str(errors[0].get("detail", response.reason_phrase) if errors
+                             else response.reason_phrase)
+                if status not in RETRYABLE_STATUSES:
+                    raise KlaviyoRejected(status, detail, errors)
+                self._give_up_if_exhausted(attempt, status, detail)
+                if status == 429:
+                    metrics.KLAVIYO_RATE_LIMITED.labels(endpoint).inc()
+                    await self._throttled(endpoint, _retry_after(response))
+                else:
+                    await self._wait(endpoint, attempt, _retry_after(response))
                 attempt += 1
-                continue
-            finally:
-                metrics.KLAVIYO_REQUEST_SECONDS.labels(endpoint).observe(time.monotonic() - started)
-            status = response.status_code
-            metrics.KLAVIYO_REQUESTS.labels(endpoint, str(status)).inc()
-            if status < 300:
-                return response
-            errors = _errors(response)
-            detail = errors[0].get("detail", response.reason_phrase) if errors else response.reason_phrase
-            if status in AUTH_STATUSES:
-                raise KlaviyoAuthFailed(status, str(detail), errors)
-            if status not in RETRYABLE_STATUSES:
-                raise KlaviyoRejected(status, str(detail), errors)
-            if status == 429:
-                metrics.KLAVIYO_RATE_LIMITED.labels(endpoint).inc()
-            self._give_up_if_exhausted(attempt, status, str(detail))
-            await self._wait(endpoint, attempt, _retry_after(response))
-            attempt += 1
+        finally:
+            if probing:
+                self.auth.abandon_probe()
+
+    @contextlib.asynccontextmanager
+    async def _sending(self, endpoint: str) -> AsyncIterator[None]:
+        slot = self._slots.get(endpoint)
+        if slot is None:
+            slot = self._slots[endpoint] = asyncio.Semaphore(CONCURRENCY.get(endpoint, DEFAULT_CONCURRENCY))
+        async with slot:
+            budget = self.budgets.get(endpoint)
+            if budget is not None:
+                await budget.acquire()
+            yield
+
+    async def _attempt(
+        self, endpoint: str, method: str, path: str, content: bytes | None, seconds: float | None
+    ) -> httpx.Response | None:
+        started = time.monotonic()
+        try:
+            extra: dict[str, Any] = {"timeout": seconds} if seconds is not None else {}
+            response = await self._http.request(method, path, content=content, **extra)
+        except httpx.TransportError as exc:
+            # The request may or may not have landed; every write is idempotent, so retry.
+            metrics.KLAVIYO_REQUESTS.labels(endpoint, "error").inc()
+            log.info("klaviyo no response endpoint=%s error=%s", endpoint, type(exc).__name__)
+            return None
+        finally:
+            metrics.KLAVIYO_REQUEST_SECONDS.labels(endpoint).observe(time.monotonic() - started)
+        metrics.KLAVIYO_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        return response
 
     def _give_up_if_exhausted(self, attempt: int, status: int | None, detail: str) -> None:
         if self.retry.max_attempts is not None and attempt + 1 >= self.retry.max_attempts:
             raise KlaviyoError(status, f"gave up after {attempt + 1} attempts: {detail}")
+
+    async def _throttled(self, endpoint: str, retry_after: float | None) -> None:
+        """Nothing goes to this endpoint before Retry-After; the budget makes everyone wait."""
+        metrics.KLAVIYO_RETRIES.labels(endpoint).inc()
+        wait = retry_after if retry_after is not None else 1.0
+        log.info("klaviyo throttled endpoint=%s retry_after=%.0fs", endpoint, wait)
+        budget = self.budgets.get(endpoint)
+        if budget is not None:
+            budget.block_for(wait)
+        else:
+            await asyncio.sleep(wait)
 
     async def _wait(self, endpoint: str, attempt: int, retry_after: float | None) -> None:
         metrics.KLAVIYO_RETRIES.labels(endpoint).inc()

@@ -1,8 +1,14 @@
-"""Deliver a batch of sync records to Klaviyo: coalesced per customer, concurrent across them.
+"""Deliver a batch of sync records to Klaviyo: coalesced, version-guarded, planned, sent.
 
-A permanent rejection dead-letters that one request with Klaviyo's detail and the rest goes on.
-401/403 pause delivery (the batch stays unacknowledged) and raise an alert metric, instead of
-burning the backlog into the dead-letter topic with a key that will work again once fixed.
+Per batch: coalesce to one profile write per customer (newest version) plus new timeline
+events; drop profile writes older than the customer's floor (versions.py); wait for a pending
+bulk job of the same customer; record the versions about to be written; then plan single or
+bulk requests per account from its rate budget (plan.py) and send them concurrently.
+
+`submit` returns once every request has an answer except bulk profile imports, which Klaviyo
+applies later; the future it returns completes when those jobs have finished and their import
+errors are dead-lettered. A permanent rejection dead-letters only the refused items (bulk
+requests are split until the culprit stands alone); 401/403 pause the account in the client.
 """
 
 from __future__ import annotations
@@ -11,15 +17,27 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from agents import metrics
-from agents.klaviyo.bodies import event_body, profile_import_body
-from agents.klaviyo.client import KlaviyoAuthFailed, KlaviyoClient, KlaviyoRejected
-from streams.deadletter import dead_letter
+from agents.klaviyo import rejections
+from agents.klaviyo.bodies import event_body
+from agents.klaviyo.channels import Channel, Channels
+from agents.klaviyo.client import KlaviyoRejected
+from agents.klaviyo.plan import (
+    EventWrite,
+    ProfileWrite,
+    bulk_events_request,
+    bulk_profiles_request,
+    event_entries,
+    event_writes,
+    plan_events,
+    plan_profiles,
+    profile_writes,
+)
+from agents.klaviyo.versions import Floor, MemoryVersions, VersionStore
 from streams.errors import Reason, Stage
 from streams.events import customer_ref
-from streams.outbox import CustomerDelivery, SyncRecord, coalesce
+from streams.outbox import CustomerDelivery, SyncRecord, admit, coalesce
 from streams.projection import ProjectionConfig
 
 log = logging.getLogger(__name__)
@@ -27,87 +45,224 @@ log = logging.getLogger(__name__)
 DeadLetterSink = Callable[[str, bytes], Awaitable[None]]
 """(key, dead-letter record) -> written to returns.deadletter."""
 
-AUTH_PAUSE_SECONDS = 30.0
-
 
 class Delivery:
     def __init__(
         self,
-        client: KlaviyoClient,
+        channels: Channels,
         config: ProjectionConfig,
         dead_letters: DeadLetterSink,
-        *,
-        concurrency: int = 16,
-        auth_pause_seconds: float = AUTH_PAUSE_SECONDS,
+        versions: VersionStore | None = None,
     ) -> None:
-        self.client = client
+        self.channels = channels
         self.config = config
         self.dead_letters = dead_letters
-        self.auth_pause_seconds = auth_pause_seconds
-        self._slots = asyncio.Semaphore(concurrency)
+        self.versions: VersionStore = versions if versions is not None else MemoryVersions()
+        # Bulk imports between "Klaviyo accepted" and "job id recorded": a cancelled batch must
+        # not leave a job running that no floor knows about, so these run to the end (shielded).
+        self._recording_jobs: set[asyncio.Future[str]] = set()
 
     async def deliver(self, records: Sequence[SyncRecord]) -> None:
+        await (await self.submit(records))
+
+    async def quiesce(self, within: float | None = None) -> None:
+        """After cancelling a batch: wait until every bulk job Klaviyo accepted has its id recorded."""
+        if self._recording_jobs:
+            await asyncio.wait(list(self._recording_jobs), timeout=within)
+
+    async def submit(self, records: Sequence[SyncRecord]) -> asyncio.Future[None]:
         metrics.SYNC_BACKLOG.inc(len(records))
+        settling: list[asyncio.Future[None]] = []
         try:
-            deliveries = coalesce(records, self.config)
-            await asyncio.gather(*(self._deliver_customer(delivery) for delivery in deliveries))
+            groups: dict[Channel, list[CustomerDelivery]] = {}
+            for delivery in coalesce(records, self.config):
+                groups.setdefault(self.channels.for_tenant(delivery.tenant), []).append(delivery)
+            await asyncio.gather(*(self._send_account(ch, group, settling) for ch, group in groups.items()))
+        except BaseException:
+            for task in settling:
+                task.cancel()
+            metrics.SYNC_BACKLOG.dec(len(records))
+            raise
+        return asyncio.ensure_future(self._finish(records, settling))
+
+    async def _finish(self, records: Sequence[SyncRecord], settling: list[asyncio.Future[None]]) -> None:
+        try:
+            await asyncio.gather(*settling)
         finally:
             metrics.SYNC_BACKLOG.dec(len(records))
-
-    async def _deliver_customer(self, delivery: CustomerDelivery) -> None:
-        async with self._slots:
-            await self._until_authorised(delivery.tenant, lambda: self._send(delivery))
         now = datetime.now(UTC)
-        for record in delivery.records:
+        for record in records:
             metrics.EVENTS_DELIVERED.labels(record.event.source, record.event.type.value).inc()
             metrics.SYNC_LATENCY_SECONDS.labels("occurred").observe(
-                max(0.0, (now - record.event.occurred_at).total_seconds())
-            )
+                max(0.0, (now - record.event.occurred_at).total_seconds()))
             metrics.SYNC_LATENCY_SECONDS.labels("ingested").observe(
-                max(0.0, (now - record.ingested_at).total_seconds())
-            )
+                max(0.0, (now - record.ingested_at).total_seconds()))
 
-    async def _send(self, delivery: CustomerDelivery) -> None:
-        metrics.KLAVIYO_BATCH_SIZE.labels("profile-import").observe(1)
-        await self._or_dead_letter(
-            delivery, profile_import_body(delivery.profile), self.client.import_profile(delivery.profile)
-        )
-        for event in delivery.events:
-            metrics.KLAVIYO_BATCH_SIZE.labels("events").observe(1)
-            await self._or_dead_letter(delivery, event_body(event), self.client.create_event(event))
-
-    async def _or_dead_letter(
-        self, delivery: CustomerDelivery, body: dict[str, Any], request: Awaitable[None]
+    async def _send_account(
+        self, channel: Channel, deliveries: list[CustomerDelivery], settling: list[asyncio.Future[None]]
     ) -> None:
-        try:
-            await request
-        except KlaviyoRejected as exc:
-            log.warning(
-                "klaviyo rejected status=%s customer=%s detail=%s",
-                exc.status, customer_ref(delivery.customer_key), exc.detail,
-            )
-            metrics.DEADLETTERS.labels(Stage.SYNC.value, Reason.KLAVIYO_REJECTED.value).inc()
-            error = f"klaviyo {exc.status}: {exc.detail}"
-            record = dead_letter(
-                stage=Stage.SYNC,
-                reason=Reason.KLAVIYO_REJECTED,
-                error=error,
-                original={"request": body, "klaviyo_errors": exc.errors},
-                at=datetime.now(UTC),
-            )
-            await self.dead_letters(delivery.customer_key, record)
+        fresh, stale = admit(deliveries, self._floor_version)
+        if stale:
+            log.info("stale profile writes skipped account=%s count=%d (a newer version was written)",
+                     channel.name, len(stale))
+        ready: list[CustomerDelivery] = []
+        fenced: dict[str, list[CustomerDelivery]] = {}
+        for delivery in fresh:
+            floor = self.versions.floor(delivery.customer_key)
+            if floor is not None and floor.job is not None and not self.versions.job_complete(floor.job):
+                fenced.setdefault(floor.job, []).append(delivery)
+            else:
+                ready.append(delivery)
 
-    async def _until_authorised(self, tenant: str, attempt: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            try:
-                await attempt()
-            except KlaviyoAuthFailed as exc:
-                metrics.KLAVIYO_AUTH_FAILED.labels(tenant).set(1)
-                log.error(
-                    "klaviyo auth failed status=%s tenant=%s: delivery paused, retrying in %.0fs",
-                    exc.status, tenant, self.auth_pause_seconds,
-                )
-                await asyncio.sleep(self.auth_pause_seconds)
-                continue
-            metrics.KLAVIYO_AUTH_FAILED.labels(tenant).set(0)
+        async def after_job(job_id: str, group: list[CustomerDelivery]) -> None:
+            # Klaviyo applies bulk jobs asynchronously: a newer write must not overtake one.
+            await self._job_finished(channel, job_id)
+            await self._write_profiles(channel, profile_writes(group), settling)
+
+        await asyncio.gather(
+            self._write_profiles(channel, profile_writes(ready), settling),
+            self._write_events(channel, event_writes(deliveries)),
+            *(after_job(job_id, group) for job_id, group in fenced.items()),
+        )
+
+    def _floor_version(self, customer_key: str) -> int:
+        floor = self.versions.floor(customer_key)
+        return floor.version if floor is not None else 0
+
+    async def _job_finished(self, channel: Channel, job_id: str) -> None:
+        await channel.jobs.result(job_id)
+        await self.versions.completed(job_id, ())
+
+    # --- profiles ----------------------------------------------------------------------------
+
+    async def _write_profiles(
+        self, channel: Channel, writes: list[ProfileWrite], settling: list[asyncio.Future[None]]
+    ) -> None:
+        if not writes:
             return
+        # Recorded before anything is sent: a crash after sending must not let an older record
+        # of the same customer, redelivered on its own, go out after this one.
+        await self.versions.record([(write.customer_key, Floor(write.version)) for write in writes])
+        singles, chunks = plan_profiles(writes, channel.client.budgets.available("profile-import"))
+        await asyncio.gather(*(self._single_profile(channel, write) for write in singles),
+                             *(self._bulk_profiles(channel, chunk, settling) for chunk in chunks))
+
+    async def _single_profile(self, channel: Channel, write: ProfileWrite) -> None:
+        metrics.KLAVIYO_BATCH_SIZE.labels("profile-import").observe(1)
+        try:
+            await channel.client.import_profile(write.single)
+        except KlaviyoRejected as exc:
+            await self._rejected(write.customer_key, exc, write.single)
+
+    async def _bulk_profiles(
+        self, channel: Channel, chunk: list[ProfileWrite], settling: list[asyncio.Future[None]]
+    ) -> None:
+        metrics.KLAVIYO_BATCH_SIZE.labels("profile-bulk-import-jobs").observe(len(chunk))
+        recording = asyncio.ensure_future(self._import_and_record(channel, chunk))
+        self._recording_jobs.add(recording)
+        recording.add_done_callback(self._recording_jobs.discard)
+        try:
+            job_id = await asyncio.shield(recording)
+        except KlaviyoRejected as exc:
+            await self._split_profiles(channel, chunk, exc, settling)
+            return
+        settling.append(asyncio.ensure_future(self._settle_job(channel, job_id, chunk)))
+
+    async def _import_and_record(self, channel: Channel, chunk: list[ProfileWrite]) -> str:
+        job_id = await channel.client.bulk_import_profiles(bulk_profiles_request(chunk))
+        await self.versions.record([(write.customer_key, Floor(write.version, job_id)) for write in chunk])
+        return job_id
+
+    async def _split_profiles(
+        self, channel: Channel, chunk: list[ProfileWrite], exc: KlaviyoRejected,
+        settling: list[asyncio.Future[None]],
+    ) -> None:
+        pointed = rejections.pointed_profiles(exc, len(chunk))
+        if pointed:
+            for index, errors in pointed.items():
+                await self._rejected(chunk[index].customer_key, exc, chunk[index].item, errors)
+            rest = [write for index, write in enumerate(chunk) if index not in pointed]
+            if rest:
+                await self._bulk_profiles(channel, rest, settling)
+        elif len(chunk) <= rejections.SINGLE_FALLBACK:
+            await asyncio.gather(*(self._single_profile(channel, write) for write in chunk))
+        else:
+            half = len(chunk) // 2
+            await asyncio.gather(self._bulk_profiles(channel, chunk[:half], settling),
+                                 self._bulk_profiles(channel, chunk[half:], settling))
+
+    async def _settle_job(self, channel: Channel, job_id: str, chunk: list[ProfileWrite]) -> None:
+        result = await channel.jobs.result(job_id)
+        await self.versions.completed(job_id, [write.customer_key for write in chunk])
+        by_email = {write.email.lower(): write for write in chunk}
+        for row in result.rows:
+            index = rejections.row_index(row)
+            write = chunk[index] if index is not None and index < len(chunk) else by_email.get(
+                rejections.row_email(row) or "")
+            key = write.customer_key if write is not None else ""
+            log.warning("klaviyo import error job=%s customer=%s code=%s", job_id, customer_ref(key),
+                        (row.get("attributes") or {}).get("code"))
+            metrics.DEADLETTERS.labels(Stage.SYNC.value, Reason.KLAVIYO_IMPORT_ERROR.value).inc()
+            await self.dead_letters(key, rejections.import_error_record(row))
+        if result.status == "cancelled":
+            log.error("bulk import job cancelled job=%s profiles=%d: their writes go to the dead-letter "
+                      "topic for replay", job_id, len(chunk))
+            failed = {rejections.row_index(row) for row in result.rows}
+            for index, write in enumerate(chunk):
+                if index not in failed:
+                    cancelled = KlaviyoRejected(None, f"bulk import job {job_id} was cancelled")
+                    await self._rejected(write.customer_key, cancelled, write.item)
+
+    # --- events ------------------------------------------------------------------------------
+
+    async def _write_events(self, channel: Channel, writes: list[EventWrite]) -> None:
+        singles, chunks = plan_events(writes, channel.client.budgets.available("events"))
+        await asyncio.gather(*(self._single_event(channel, write) for write in singles),
+                             *(self._bulk_events(channel, chunk) for chunk in chunks))
+
+    async def _single_event(self, channel: Channel, write: EventWrite) -> None:
+        metrics.KLAVIYO_BATCH_SIZE.labels("events").observe(1)
+        body = event_body(write.event)
+        try:
+            await channel.client.create_event(body)
+        except KlaviyoRejected as exc:
+            await self._rejected(write.customer_key, exc, body)
+
+    async def _bulk_events(self, channel: Channel, chunk: list[EventWrite]) -> None:
+        metrics.KLAVIYO_BATCH_SIZE.labels("event-bulk-create-jobs").observe(len(chunk))
+        entries = event_entries(chunk)
+        try:
+            await channel.client.bulk_create_events(bulk_events_request(entries))
+        except KlaviyoRejected as exc:
+            await self._split_events(channel, entries, exc)
+
+    async def _split_events(
+        self, channel: Channel, entries: list[list[EventWrite]], exc: KlaviyoRejected
+    ) -> None:
+        pointed = rejections.pointed_events(exc, entries)
+        flat = [write for entry in entries for write in entry]
+        if pointed:
+            for (entry, index), errors in pointed.items():
+                write = entries[entry][index]
+                await self._rejected(write.customer_key, exc, write.item, errors)
+            bad = {id(entries[entry][index]) for entry, index in pointed}
+            rest = [write for write in flat if id(write) not in bad]
+            if rest:
+                await self._bulk_events(channel, rest)
+        elif len(flat) <= rejections.SINGLE_FALLBACK:
+            await asyncio.gather(*(self._single_event(channel, write) for write in flat))
+        else:
+            half = len(flat) // 2
+            await asyncio.gather(self._bulk_events(channel, flat[:half]),
+                                 self._bulk_events(channel, flat[half:]))
+
+    # --- dead letters ------------------------------------------------------------------------
+
+    async def _rejected(
+        self, customer_key: str, exc: KlaviyoRejected, request: object,
+        errors: rejections.Errors | None = None,
+    ) -> None:
+        log.warning("klaviyo rejected status=%s customer=%s detail=%s",
+                    exc.status, customer_ref(customer_key), exc.detail)
+        metrics.DEADLETTERS.labels(Stage.SYNC.value, Reason.KLAVIYO_REJECTED.value).inc()
+        await self.dead_letters(customer_key, rejections.rejected_record(exc, request, errors))

@@ -80,6 +80,7 @@ class Exchange:
     body: Any = None
     items: int = 0  # profiles/events carried or returned, for /_sandbox/requests
     fault: str | None = None
+    received_at: str | None = None  # when the pipeline first saw it, to check Retry-After waits
 
 
 EXCHANGE = web.RequestKey("sandbox_exchange", Exchange)

@@ -128,7 +128,7 @@ class SandboxServer:
     async def _pipeline(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(f"{PREFIX}/"):
             return await handler(request)
-        request[EXCHANGE] = Exchange()
+        request[EXCHANGE] = Exchange(received_at=now_iso(precise=True))
         status: int | None = None
         try:
             response = await self._process(request, handler)
@@ -229,7 +229,7 @@ class SandboxServer:
     def _log(self, request: web.Request, status: int | None) -> None:
         exchange = request[EXCHANGE]
         record = RequestRecord(now_iso(precise=True), exchange.account, request.method, request.path,
-                               status, exchange.items, exchange.fault)
+                               status, exchange.items, exchange.fault, exchange.received_at)
         self.store.requests.append(record)
         # Path only: query strings can hold customer emails (filter=equals(email,...)).
         logger.debug("sandbox.request account=%s method=%s path=%s status=%s items=%d fault=%s",

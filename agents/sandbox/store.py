@@ -233,6 +233,7 @@ class RequestRecord:
     status: int | None
     items: int
     fault: str | None = None
+    received_at: str | None = None  # `at` is when the answer went out
 
 
 @dataclass(frozen=True)

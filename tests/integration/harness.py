@@ -92,15 +92,19 @@ def expected_klaviyo(events: Iterable[ReturnEvent], config: ProjectionConfig | N
         for item in klaviyo_events(event, config, backfill=backfill):
             if result.applied is not Applied.DUPLICATE:
                 timeline.add((item.email, item.metric, item.unique_id, item.backfill))
-    profiles = {state.identity.email: as_klaviyo_json(profile_properties(state, config))
-                for state in states.values()}
+    profiles = {
+        state.identity.email: as_klaviyo_json(profile_properties(state, config)) for state in states.values()
+    }
     return Expected(states=states, profiles=profiles, events=timeline)
 
 
 def as_klaviyo_json(properties: dict[str, Any]) -> dict[str, Any]:
     """What Klaviyo stores: nulls cleared (absent), Decimals as JSON numbers."""
-    return {key: float(value) if isinstance(value, Decimal) else value
-            for key, value in properties.items() if value is not None}
+    return {
+        key: float(value) if isinstance(value, Decimal) else value
+        for key, value in properties.items()
+        if value is not None
+    }
 
 
 def profile_differences(expected: Expected, sandbox: SandboxThread) -> list[str]:
@@ -115,6 +119,26 @@ def profile_differences(expected: Expected, sandbox: SandboxThread) -> list[str]
         if wanted_subset != properties or any(k.startswith("returns_") and k not in properties for k in got):
             problems.append(f"{email}: expected {properties}, got {got}")
     return problems
+
+
+def assert_klaviyo_matches(expected: Expected, sandbox: SandboxThread, *, within: float) -> None:
+    """Wait until the sandbox holds exactly the expected timeline and profile properties."""
+    wait_until(
+        lambda: sandbox.event_keys() >= expected.events,
+        within=within,
+        what=f"all {len(expected.events)} timeline events in the sandbox",
+    )
+    try:
+        wait_until(
+            lambda: not profile_differences(expected, sandbox),
+            within=60,
+            what="sandbox profiles equal to the reducer's state",
+        )
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}; first differences: {profile_differences(expected, sandbox)[:3]}"
+        ) from None
+    assert sandbox.event_keys() == expected.events, "no event beyond the expected ones"
 
 
 def read_topic(bootstrap_servers: str, topic: str, *, at_least: int, within: float) -> list[Any]:

@@ -10,10 +10,9 @@ from streams.demo import demo_events
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     SandboxThread,
+    assert_klaviyo_matches,
     expected_klaviyo,
-    profile_differences,
     read_topic,
-    wait_until,
 )
 from tests.unit.strategies import fixture_names, load_fixture
 
@@ -34,20 +33,7 @@ def test_refund_exchange_store_credit_and_cancelled_customers_reach_klaviyo(
     start_worker()
     publish(events)
 
-    wait_until(
-        lambda: sandbox.event_keys() >= expected.events,
-        within=90,
-        what=f"{len(expected.events)} timeline events in the sandbox",
-    )
-    assert (
-        wait_until(
-            lambda: not profile_differences(expected, sandbox),
-            within=30,
-            what="sandbox profiles equal to the reducer's state",
-        )
-        is True
-    )
-    assert sandbox.event_keys() == expected.events, "no event beyond the expected ones"
+    assert_klaviyo_matches(expected, sandbox, within=90)
 
 
 def test_invalid_events_are_dead_lettered_and_valid_ones_around_them_applied(
@@ -117,10 +103,4 @@ def test_invalid_events_are_dead_lettered_and_valid_ones_around_them_applied(
     assert all(letter["stage"] == "state" and letter["error"] and letter["at"] for letter in letters)
 
     expected = expected_klaviyo(valid)
-    wait_until(lambda: sandbox.event_keys() >= expected.events, within=60, what="all valid events")
-    assert (
-        wait_until(
-            lambda: not profile_differences(expected, sandbox), within=30, what="profiles of the valid events"
-        )
-        is True
-    )
+    assert_klaviyo_matches(expected, sandbox, within=60)

@@ -9,7 +9,7 @@ import httpx
 from streams.demo import demo_events
 from streams.state import state_to_dict
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import SandboxThread, expected_klaviyo, profile_differences, wait_until
+from tests.integration.harness import SandboxThread, assert_klaviyo_matches, expected_klaviyo, wait_until
 
 
 def test_worker_killed_mid_stream_recovers_table_and_converges(
@@ -29,20 +29,7 @@ def test_worker_killed_mid_stream_recovers_table_and_converges(
 
     publish(second)
     restarted = start_worker(index=1)  # same app id: same group, same changelog
-    wait_until(
-        lambda: sandbox.event_keys() >= expected.events,
-        within=180,
-        what=f"all {len(expected.events)} timeline events after the restart",
-    )
-    assert (
-        wait_until(
-            lambda: not profile_differences(expected, sandbox),
-            within=60,
-            what="sandbox profiles equal to the reducer's state",
-        )
-        is True
-    )
-    assert sandbox.event_keys() == expected.events
+    assert_klaviyo_matches(expected, sandbox, within=180)
 
     # The table itself came back: the worker's view of customers equals the reducer's.
     sample = list(expected.states.values())[::40]

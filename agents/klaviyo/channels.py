@@ -1,0 +1,98 @@
+"""One channel per Klaviyo account: its client, rate budget, auth pause and bulk jobs.
+
+Tenants sharing an API key (and base URL) share a channel, because Klaviyo's limits belong to
+the account. The key stays inside the client's Authorization header; logs and metrics name the
+account by the tenant it was configured for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from agents import metrics
+from agents.klaviyo.accounts import KlaviyoAccount
+from agents.klaviyo.client import KlaviyoClient, RetryPolicy
+from agents.klaviyo.jobs import JobTracker
+from agents.klaviyo.ratelimit import KLAVIYO_LIMITS, Budgets, Limit
+from agents.settings import Settings
+
+
+class Channel:
+    def __init__(
+        self,
+        account: KlaviyoAccount,
+        *,
+        revision: str,
+        rate_limit_scale: float = 1.0,
+        auth_pause_seconds: float = 30.0,
+        limits: Mapping[str, Limit] = KLAVIYO_LIMITS,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        job_poll_seconds: float | None = None,
+    ) -> None:
+        self.name = account.name
+        self.tenants: set[str] = set()
+        self.client = KlaviyoClient(
+            api_key=account.api_key, base_url=account.base_url, revision=revision,
+            budgets=Budgets(limits, scale=rate_limit_scale), auth_pause_seconds=auth_pause_seconds,
+            on_auth_change=self._auth_changed, retry=retry, transport=transport,
+        )
+        self.jobs = JobTracker(self.client) if job_poll_seconds is None else JobTracker(
+            self.client, first_poll=job_poll_seconds, max_poll=job_poll_seconds
+        )
+
+    def serve(self, tenant: str) -> None:
+        if tenant not in self.tenants:
+            self.tenants.add(tenant)
+            metrics.KLAVIYO_AUTH_FAILED.labels(tenant).set(int(self.client.auth.paused))
+
+    def _auth_changed(self, paused: bool) -> None:
+        for tenant in self.tenants:
+            metrics.KLAVIYO_AUTH_FAILED.labels(tenant).set(int(paused))
+
+    async def aclose(self) -> None:
+        await self.jobs.aclose()
+        await self.client.aclose()
+
+
+class Channels:
+    def __init__(
+        self, resolve: Callable[[str], KlaviyoAccount], make: Callable[[KlaviyoAccount], Channel]
+    ) -> None:
+        self._resolve = resolve
+        self._make = make
+        self._by_account: dict[tuple[str, str], Channel] = {}
+        self._by_tenant: dict[str, Channel] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: object) -> Channels:
+        def make(account: KlaviyoAccount) -> Channel:
+            return Channel(
+                account, revision=settings.klaviyo_revision,
+                rate_limit_scale=settings.klaviyo_rate_limit_scale,
+                auth_pause_seconds=settings.klaviyo_auth_pause_seconds, **options,  # type: ignore[arg-type]
+            )
+
+        return cls(settings.klaviyo_account, make)
+
+    def for_tenant(self, tenant: str) -> Channel:
+        channel = self._by_tenant.get(tenant)
+        if channel is None:
+            account = self._resolve(tenant)
+            key = (account.api_key, account.base_url)
+            channel = self._by_account.get(key)
+            if channel is None:
+                channel = self._by_account[key] = self._make(account)
+            self._by_tenant[tenant] = channel
+            channel.serve(tenant)
+        return channel
+
+    @property
+    def all(self) -> list[Channel]:
+        return list(self._by_account.values())
+
+    async def aclose(self) -> None:
+        for channel in self._by_account.values():
+            await channel.aclose()

@@ -1,0 +1,123 @@
+"""Version floors persisted on a compacted topic, so the next owner of a partition inherits them.
+
+Topic `<app id>-klaviyo-sync-versions`, partitioned like the sync topic (same count, same
+murmur2 key hashing), so sync partition p's floors live in versions partition p. Key: the
+customer key, value `{"v": version, "job": id or null}`; key `job:<id>`, value `{"done": true}`
+once a bulk import job is known to be finished. On assignment the sync consumer reads its
+partitions of this topic before it delivers anything; compaction keeps one record per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+
+from agents.klaviyo.versions import Floor, MemoryVersions
+
+log = logging.getLogger(__name__)
+JOB_PREFIX = "job:"  # customer keys are "<tenant>/<email>" and tenants hold no ':'
+
+
+class KafkaVersions(MemoryVersions):
+    def __init__(
+        self, bootstrap_servers: str, topic: str, partitions: int, replication_factor: int = 1
+    ) -> None:
+        super().__init__()
+        self.topic = topic
+        self._servers = bootstrap_servers
+        self._partitions = partitions
+        self._replication = replication_factor
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=2)
+        self._jobs_by_partition: dict[int, set[str]] = {}
+
+    async def start(self) -> None:
+        await self._ensure_topic()
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._producer.stop()
+
+    def partition(self, customer_key: str) -> int:
+        partition: int = (murmur2(customer_key.encode()) & 0x7FFFFFFF) % self._partitions
+        return partition
+
+    async def record(self, marks: Sequence[tuple[str, Floor]]) -> None:
+        await super().record(marks)
+        sends = [
+            await self._producer.send(
+                self.topic, key=key.encode(), partition=self.partition(key),
+                value=orjson.dumps({"v": floor.version, "job": floor.job}),
+            )
+            for key, floor in marks
+        ]
+        await asyncio.gather(*sends)
+
+    async def completed(self, job_id: str, customer_keys: Iterable[str]) -> None:
+        await super().completed(job_id, customer_keys)
+        partitions = {self.partition(key) for key in customer_keys}
+        key = f"{JOB_PREFIX}{job_id}".encode()
+        sends = [await self._producer.send(self.topic, key=key, value=b'{"done":true}', partition=p)
+                 for p in sorted(partitions)]
+        await asyncio.gather(*sends)
+
+    async def load(self, partitions: Iterable[int]) -> None:
+        """Read these partitions' floors from the start; called on assignment, before delivery."""
+        tps = [TopicPartition(self.topic, p) for p in sorted(set(partitions))]
+        if not tps:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._servers, enable_auto_commit=False)
+        await consumer.start()
+        loaded = 0
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                for tp, messages in (await consumer.getmany(*tps, timeout_ms=500)).items():
+                    for message in messages:
+                        self._apply(tp.partition, message.key, message.value)
+                        loaded += 1
+        finally:
+            await consumer.stop()
+        log.info("version floors loaded partitions=%s records=%d", [tp.partition for tp in tps], loaded)
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """The partitions went to another worker: their floors are its to keep now."""
+        gone = set(partitions)
+        super().forget([key for key in list(self._floors) if self.partition(key) in gone])
+        for partition in gone:
+            self._complete -= self._jobs_by_partition.pop(partition, set())
+
+    def _apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+        if key is None or value is None:
+            return
+        text = key.decode()
+        if text.startswith(JOB_PREFIX):
+            job_id = text[len(JOB_PREFIX):]
+            self.mark_complete(job_id)
+            self._jobs_by_partition.setdefault(partition, set()).add(job_id)
+            return
+        data = orjson.loads(value)
+        self.mark(text, Floor(int(data["v"]), data.get("job")))
+
+    async def _ensure_topic(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, request_timeout_ms=10000)
+        await admin.start()
+        try:
+            if self.topic in set(await admin.list_topics()):
+                return
+            topic = NewTopic(self.topic, self._partitions, self._replication,
+                             topic_configs={"cleanup.policy": "compact"})
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([topic])
+        finally:
+            await admin.close()

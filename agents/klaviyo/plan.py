@@ -1,0 +1,158 @@
+"""Which Klaviyo requests carry a batch: single endpoints for latency, bulk ones for volume. Pure.
+
+The switch comes from the rate limits themselves. `capacity` is how many single requests the
+endpoint's budget lets out right now (at most its burst: 75 profile-imports, 350 events per
+second, less once the 60 s window runs low). A batch that fits goes out as singles and lands in
+one round trip; a batch that does not would wait seconds to a minute for tokens, so it goes in
+bulk requests instead: up to 10,000 profiles or 1,000 events each, within 5 MB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agents.klaviyo.bodies import (
+    bulk_event_entry,
+    bulk_event_item,
+    bulk_events_body,
+    bulk_profile_item,
+    bulk_profiles_body,
+    encode,
+    profile_import_body,
+)
+from streams.outbox import CustomerDelivery
+from streams.projection import KlaviyoEvent
+
+BULK_PROFILES_MAX = 10_000
+BULK_EVENTS_MAX = 1_000
+PAYLOAD_MAX = 5_000_000  # decimal, the stricter reading of "5MB"
+PROFILE_MAX = 100_000  # per profile in a bulk import; profile-import caps the whole request there
+_ENVELOPE_MARGIN = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileWrite:
+    customer_key: str
+    version: int
+    item: dict[str, Any]  # the bulk-import item; profile-import sends the same with nulls instead
+    single: dict[str, Any]  # the POST /api/profile-import body
+    size: int
+
+    @property
+    def email(self) -> str:
+        return str(self.item["attributes"]["email"])
+
+
+@dataclass(frozen=True, slots=True)
+class EventWrite:
+    customer_key: str
+    event: KlaviyoEvent
+    item: dict[str, Any]
+    size: int
+
+
+def profile_writes(deliveries: Iterable[CustomerDelivery]) -> list[ProfileWrite]:
+    writes = []
+    for delivery in deliveries:
+        item = bulk_profile_item(delivery.profile)
+        writes.append(ProfileWrite(delivery.customer_key, delivery.version, item,
+                                   profile_import_body(delivery.profile), len(encode(item)) + 1))
+    return writes
+
+
+def event_writes(deliveries: Iterable[CustomerDelivery]) -> list[EventWrite]:
+    """Every event once per account: the same email, metric and unique_id is one Klaviyo event
+    (two tenants may share an account), and a repeat would fail a whole bulk request."""
+    seen: set[tuple[str, str, str]] = set()
+    writes = []
+    for delivery in deliveries:
+        for event in delivery.events:
+            key = (event.email.strip().lower(), event.metric, event.unique_id)
+            if key in seen:
+                continue
+            seen.add(key)
+            item = bulk_event_item(event)
+            writes.append(EventWrite(delivery.customer_key, event, item, len(encode(item)) + 1))
+    return writes
+
+
+def plan_profiles(
+    writes: Sequence[ProfileWrite], capacity: int
+) -> tuple[list[ProfileWrite], list[list[ProfileWrite]]]:
+    """(single profile-imports, bulk import chunks)."""
+    if len(writes) <= capacity:
+        return list(writes), []
+    # Too big for a bulk import: profile-import refuses it too, with Klaviyo's detail to keep.
+    oversized = [write for write in writes if write.size > PROFILE_MAX]
+    return oversized, chunk_profiles([write for write in writes if write.size <= PROFILE_MAX])
+
+
+def plan_events(
+    writes: Sequence[EventWrite], capacity: int
+) -> tuple[list[EventWrite], list[list[EventWrite]]]:
+    """(single events, bulk create chunks)."""
+    if len(writes) <= capacity:
+        return list(writes), []
+    return [], chunk_events(writes)
+
+
+def chunk_profiles(writes: Sequence[ProfileWrite]) -> list[list[ProfileWrite]]:
+    overhead = len(encode(bulk_profiles_body([]))) + _ENVELOPE_MARGIN
+    chunks: list[list[ProfileWrite]] = []
+    current: list[ProfileWrite] = []
+    size = overhead
+    for write in writes:
+        if current and (len(current) >= BULK_PROFILES_MAX or size + write.size > PAYLOAD_MAX):
+            chunks.append(current)
+            current, size = [], overhead
+        current.append(write)
+        size += write.size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def chunk_events(writes: Sequence[EventWrite]) -> list[list[EventWrite]]:
+    """In order, ≤1,000 events and ≤5 MB per request, counting one entry per profile."""
+    overhead = len(encode(bulk_events_body([]))) + _ENVELOPE_MARGIN
+    chunks: list[list[EventWrite]] = []
+    current: list[EventWrite] = []
+    emails: set[str] = set()
+    size = overhead
+    for write in writes:
+        email = write.event.email
+        extra = write.size + (0 if email in emails else _entry_size(email))
+        if current and (len(current) >= BULK_EVENTS_MAX or size + extra > PAYLOAD_MAX):
+            chunks.append(current)
+            current, emails, size = [], set(), overhead
+            extra = write.size + _entry_size(email)
+        current.append(write)
+        emails.add(email)
+        size += extra
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def event_entries(writes: Sequence[EventWrite]) -> list[list[EventWrite]]:
+    """Group one request's events by profile, in first-seen order: entry i, event j."""
+    entries: dict[str, list[EventWrite]] = {}
+    for write in writes:
+        entries.setdefault(write.event.email, []).append(write)
+    return list(entries.values())
+
+
+def bulk_events_request(entries: Sequence[Sequence[EventWrite]]) -> dict[str, Any]:
+    return bulk_events_body(
+        [bulk_event_entry(group[0].event.email, [write.item for write in group]) for group in entries]
+    )
+
+
+def bulk_profiles_request(writes: Sequence[ProfileWrite]) -> dict[str, Any]:
+    return bulk_profiles_body([write.item for write in writes])
+
+
+def _entry_size(email: str) -> int:
+    return len(encode(bulk_event_entry(email, []))) + 1

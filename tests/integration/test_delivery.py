@@ -1,0 +1,187 @@
+"""Klaviyo delivery under failure, against the real broker, sandbox and worker processes:
+outages lose nothing, 429s are waited out as Retry-After says, permanent errors are
+dead-lettered without holding anyone else up, 401 pauses instead of burning the backlog.
+
+Helpers shared by the other test_delivery_* modules live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from streams.demo import demo_events
+from tests.integration.conftest import WorkerFactory
+from tests.integration.harness import (
+    SandboxThread,
+    expected_klaviyo,
+    profile_differences,
+    read_topic,
+    wait_until,
+)
+
+
+@pytest.fixture
+def sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxThread]:
+    """Overrides conftest's; `parametrize("sandbox", [{...}], indirect=True)` passes options."""
+    options = getattr(request, "param", None) or {"rate_limit_scale": 0}
+    server = SandboxThread(**options).start()
+    yield server
+    server.stop()
+
+
+def requests_log(sandbox: SandboxThread) -> list[dict[str, Any]]:
+    return list(sandbox.admin("GET", "requests"))
+
+
+def endpoint(record: dict[str, Any]) -> str:
+    """A request's endpoint, with job ids folded: `GET /api/profile-bulk-import-jobs/{id}`."""
+    parts = record["path"].rstrip("/").split("/")
+    if len(parts) > 3 and parts[2] == "profile-bulk-import-jobs":
+        parts[3] = "{id}"
+    return f"{record['method']} {'/'.join(parts)}"
+
+
+def at(record: dict[str, Any]) -> float:
+    """When the sandbox answered."""
+    return datetime.fromisoformat(record["at"]).timestamp()
+
+
+def received(record: dict[str, Any]) -> float:
+    """When the request reached the sandbox."""
+    return datetime.fromisoformat(record["received_at"]).timestamp()
+
+
+def sync_dead_letters(
+    bootstrap_servers: str, prefix: str, at_least: int, within: float
+) -> list[dict[str, Any]]:
+    records = read_topic(bootstrap_servers, prefix + "returns.deadletter", at_least=at_least, within=within)
+    return [letter for r in records if (letter := orjson.loads(r.value))["stage"] == "sync"]
+
+
+def metric_value(worker: Any, name: str, labels: str) -> float | None:
+    text = httpx.get(f"{worker.web_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def converged(
+    expected: Any, sandbox: SandboxThread, *, within: float, skip: frozenset[str] = frozenset()
+) -> None:
+    wanted_events = {key for key in expected.events if key[0] not in skip}
+    wait_until(lambda: sandbox.event_keys() >= wanted_events, within=within,
+               what=f"{len(wanted_events)} timeline events in the sandbox")
+    for email in skip:
+        expected.profiles.pop(email, None)
+    assert wait_until(lambda: not profile_differences(expected, sandbox), within=30,
+                      what="sandbox profiles equal to the reducer's state") is True
+
+
+def test_klaviyo_outage_loses_nothing(
+    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread,
+    bootstrap_servers: str, prefix: str,
+) -> None:
+    events = demo_events(60, seed=21)
+    expected = expected_klaviyo(events)
+    start_worker()
+    sandbox.admin("POST", "faults", json={"status": 503, "seconds": 6})
+    publish(events)
+    wait_until(lambda: any(r["status"] == 503 for r in requests_log(sandbox)), within=60,
+               what="deliveries to meet the outage")
+    converged(expected, sandbox, within=120)
+    assert sandbox.event_keys() == expected.events
+    statuses = [r["status"] for r in requests_log(sandbox)]
+    assert statuses.count(503) >= 3, "the outage was real"
+    assert sync_dead_letters(bootstrap_servers, prefix, at_least=0, within=1) == []
+
+
+def test_429_storm_waits_out_retry_after_on_every_endpoint(
+    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread
+) -> None:
+    events = demo_events(60, seed=22)
+    expected = expected_klaviyo(events)
+    start_worker(env={"RETURNSYNC_SYNC_BATCH_SIZE": "40"})
+    sandbox.admin("POST", "faults", json={"status": 429, "retry_after": 2, "seconds": 60})
+    publish(events)
+
+    def storm_rounds() -> float:
+        times = [at(r) for r in requests_log(sandbox) if r["status"] == 429]
+        return max(times) - min(times) if times else 0.0
+
+    wait_until(lambda: storm_rounds() >= 4, within=60, what="three rounds of 429s")
+    sandbox.admin("DELETE", "faults")
+    converged(expected, sandbox, within=120)
+    log = requests_log(sandbox)
+    throttles = [r for r in log if r["status"] == 429]
+    assert len({endpoint(t) for t in throttles}) >= 2, "the storm hit more than one endpoint"
+    # A 429 goes out at `at`; anything that reached the sandbox after that on the same endpoint
+    # was sent after the client read it (in-flight requests arrived before), so must wait 2 s.
+    for throttle in throttles:
+        too_early = [r for r in log if endpoint(r) == endpoint(throttle)
+                     and at(throttle) + 0.05 < received(r) < at(throttle) + 2 - 0.05]
+        assert not too_early, f"sent before Retry-After ran out: {throttle} then {too_early[:3]}"
+    last = max(at(t) for t in throttles)
+    resumed = [r for r in log if received(r) > last and r["status"] in (200, 201, 202)]
+    assert resumed and min(received(r) for r in resumed) >= last + 2 - 0.05
+
+
+@pytest.mark.parametrize("batch_size", ["20", "5000"], ids=["single-endpoints", "bulk-endpoints"])
+def test_permanent_409_is_dead_lettered_and_blocks_nobody_else(
+    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread,
+    bootstrap_servers: str, prefix: str, batch_size: str,
+) -> None:
+    events = demo_events(150, seed=23)
+    expected = expected_klaviyo(events)
+    victim = events[len(events) // 2].customer.email
+    start_worker(env={"RETURNSYNC_SYNC_BATCH_SIZE": batch_size})
+    sandbox.admin("POST", "faults", json={"status": 409, "email": victim})
+    if batch_size == "5000":  # an outage first, so the backlog goes out in big batches
+        sandbox.admin("POST", "faults", json={"status": 503, "seconds": 4})
+    publish(events)
+    converged(expected, sandbox, within=120, skip=frozenset({victim}))
+    assert victim not in sandbox.profiles()
+    letters = sync_dead_letters(bootstrap_servers, prefix, at_least=1, within=30)
+    assert letters and all(letter["reason"] == "klaviyo_rejected" for letter in letters)
+    assert all(victim in orjson.dumps(letter["original"]).decode() for letter in letters)
+    assert all("A profile already exists with one of these identifiers." in letter["error"]
+               for letter in letters)
+    assert any(letter["original"]["klaviyo_errors"][0]["code"] == "duplicate_profile" for letter in letters)
+    if batch_size == "5000":
+        paths = {endpoint(r) for r in requests_log(sandbox)}
+        assert "POST /api/profile-bulk-import-jobs" in paths, "the bulk path was exercised"
+
+
+def test_401_pauses_the_account_and_resumes_when_the_key_works(
+    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread,
+    bootstrap_servers: str, prefix: str,
+) -> None:
+    events = demo_events(30, seed=24)
+    expected = expected_klaviyo(events)
+    sandbox.admin("POST", "faults", json={"status": 401})
+    worker = start_worker(env={"RETURNSYNC_KLAVIYO_AUTH_PAUSE_SECONDS": "1"})
+    publish(events)
+    wait_until(lambda: metric_value(worker, "returnsync_klaviyo_auth_failed", 'tenant="default"') == 1.0,
+               within=60, what="returnsync_klaviyo_auth_failed{tenant=default} 1")
+
+    def unauthorised() -> int:
+        return sum(1 for r in requests_log(sandbox) if r["status"] == 401)
+
+    # One probe per pause second, not a storm: 5 more 401s take at least ~4 seconds.
+    before, started = unauthorised(), datetime.now().timestamp()
+    wait_until(lambda: unauthorised() >= before + 5, within=30, what="the account to be probed again")
+    assert datetime.now().timestamp() - started >= 3.5, "probing faster than the pause"
+    assert sandbox.profiles() == {} and sandbox.events() == []
+    assert sync_dead_letters(bootstrap_servers, prefix, at_least=0, within=1) == []
+
+    sandbox.admin("DELETE", "faults")
+    converged(expected, sandbox, within=60)
+    wait_until(lambda: metric_value(worker, "returnsync_klaviyo_auth_failed", 'tenant="default"') == 0.0,
+               within=30, what="returnsync_klaviyo_auth_failed{tenant=default} back to 0")
+    assert sync_dead_letters(bootstrap_servers, prefix, at_least=0, within=1) == []
