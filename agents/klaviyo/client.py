@@ -155,7 +155,12 @@ class KlaviyoClient:
                 if not probing:
                     await self.auth.wait_open()
                 async with self._sending(endpoint):
-                    response = await self._attempt(endpoint, method, path, content, seconds)
+                    # Paused while this one queued for a slot or a token: back to waiting.
+                    paused = self.auth.paused and not probing
+                    response = None if paused else await self._attempt(
+                        endpoint, method, path, content, seconds)
+                if paused:
+                    continue
                 if response is None:  # no answer: timeout or dropped connection
                     self._give_up_if_exhausted(attempt, None, "no response")
                     await self._wait(endpoint, attempt, None)

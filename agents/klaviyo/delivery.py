@@ -83,13 +83,13 @@ class Delivery:
                 task.cancel()
             metrics.SYNC_BACKLOG.dec(len(records))
             raise
-        return asyncio.ensure_future(self._finish(records, settling))
+        finished = asyncio.ensure_future(self._finish(records, settling))
+        # A callback, not a finally: a batch dropped on revocation may be cancelled before it runs.
+        finished.add_done_callback(lambda _: metrics.SYNC_BACKLOG.dec(len(records)))
+        return finished
 
     async def _finish(self, records: Sequence[SyncRecord], settling: list[asyncio.Future[None]]) -> None:
-        try:
-            await asyncio.gather(*settling)
-        finally:
-            metrics.SYNC_BACKLOG.dec(len(records))
+        await asyncio.gather(*settling)
         now = datetime.now(UTC)
         for record in records:
             metrics.EVENTS_DELIVERED.labels(record.event.source, record.event.type.value).inc()

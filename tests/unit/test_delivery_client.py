@@ -120,3 +120,26 @@ async def test_a_cancelled_probe_hands_probing_to_a_waiting_request() -> None:
     await asyncio.wait_for(second, 3)
     await klaviyo.aclose()
     assert not klaviyo.auth.paused
+
+
+async def test_requests_queued_for_a_slot_do_not_slip_out_while_paused() -> None:
+    """A 401 closes the gate for requests that already passed it and wait for a connection slot."""
+    key_works = asyncio.Event()
+    accepted_while_paused = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)
+        if b"blocked" in request.content and not key_works.is_set():
+            return httpx.Response(401)
+        if not key_works.is_set():
+            accepted_while_paused.append(request)
+        return httpx.Response(202)
+
+    klaviyo = client(handler, auth_pause_seconds=0.2)  # type: ignore[arg-type]
+    bodies = [{"data": {"blocked": True}}] + [BODY] * 99
+    sending = asyncio.gather(*(klaviyo.create_event(body) for body in bodies))
+    await asyncio.sleep(0.6)
+    key_works.set()
+    await asyncio.wait_for(sending, 5)
+    await klaviyo.aclose()
+    assert len(accepted_while_paused) < 32, "only requests already in flight when the 401 came"
