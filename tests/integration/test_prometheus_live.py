@@ -313,6 +313,8 @@ def watch(url: str, stop: threading.Event, seen: list[Observation]) -> None:
             time.sleep(0.02)
 
 
+# Known flake: rejoin timing on the embedded Tansu broker (see README, Known issues).
+@pytest.mark.flaky(reruns=2)
 def test_health_ready_and_metrics_while_starting_and_once_up(start_worker: WorkerFactory) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"

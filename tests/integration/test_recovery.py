@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from streams.demo import demo_events
 from streams.state import state_to_dict
@@ -12,6 +13,8 @@ from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import SandboxThread, assert_klaviyo_matches, expected_klaviyo, wait_until
 
 
+# Known flake: rejoin timing on the embedded Tansu broker (see README, Known issues).
+@pytest.mark.flaky(reruns=2)
 def test_worker_killed_mid_stream_recovers_table_and_converges(
     start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread
 ) -> None:
