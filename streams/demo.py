@@ -8,7 +8,7 @@ returns still in transit, and a few serial returners.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -29,17 +29,44 @@ REASONS = (("Too small", "Fit"), ("Too large", "Fit"), ("Not as described", "Qua
 SOURCES = ("loop", "redo", "swap", "shopify", "aftership", "api")
 ENDINGS = ("refund", "refund", "exchange", "store_credit", "cancelled", "rejected", "open")
 EPOCH = datetime(2026, 9, 1, tzinfo=UTC)
+# How many returns a customer makes: weights for 1, 2, 3 and 4 returns (mean 1.6).
+RETURNS_WEIGHTS = (60, 25, 10, 5)
 
 
-def demo_events(customers: int = 300, *, seed: int = 7, tenant: str = "default") -> list[ReturnEvent]:
-    """Every customer's lifecycle events, interleaved in the order they happened."""
-    rng = random.Random(seed)
-    events = [event for index in range(customers) for event in _customer_events(rng, index, tenant)]
+def demo_events(
+    customers: int = 300, *, seed: int = 7, tenant: str = "default",
+    returns_weights: Sequence[float] = RETURNS_WEIGHTS,
+) -> list[ReturnEvent]:
+    """Every customer's lifecycle events, interleaved in the order they happened.
+
+    `returns_weights` (for 1..4 returns per customer) changes the mix, e.g. to hit an events
+    budget; the default gives the same events as always for a given seed.
+    """
+    events = [event for customer in demo_customers(customers, seed=seed, tenant=tenant,
+                                                   returns_weights=returns_weights)
+              for event in customer]
     events.sort(key=lambda event: (event.occurred_at, event.event_id))
     return events
 
 
-def _customer_events(rng: random.Random, index: int, tenant: str) -> Iterator[ReturnEvent]:
+def demo_customers(
+    customers: int, *, seed: int = 7, tenant: str = "default",
+    returns_weights: Sequence[float] = RETURNS_WEIGHTS,
+) -> Iterator[list[ReturnEvent]]:
+    """One customer's events at a time, in customer order, for streams too large to hold.
+
+    The same customers and events as `demo_events` with the same arguments, not interleaved.
+    """
+    if len(returns_weights) != len(RETURNS_WEIGHTS):
+        raise ValueError(f"returns_weights needs {len(RETURNS_WEIGHTS)} weights (1..4 returns)")
+    rng = random.Random(seed)
+    for index in range(customers):
+        yield list(_customer_events(rng, index, tenant, returns_weights))
+
+
+def _customer_events(
+    rng: random.Random, index: int, tenant: str, returns_weights: Sequence[float]
+) -> Iterator[ReturnEvent]:
     first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
     customer = Customer(
         email=f"{first.lower()}.{last.lower()}.{index}@returnsync-demo.com".replace("á", "a"),
@@ -47,7 +74,7 @@ def _customer_events(rng: random.Random, index: int, tenant: str) -> Iterator[Re
         first_name=first,
         last_name=last,
     )
-    returns = rng.choices((1, 2, 3, 4), weights=(60, 25, 10, 5))[0]
+    returns = rng.choices((1, 2, 3, 4), weights=returns_weights)[0]
     for number in range(returns):
         yield from _return_lifecycle(rng, customer, f"{index}-{number}", tenant)
 
