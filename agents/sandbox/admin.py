@@ -8,6 +8,8 @@ so nobody mistakes these for Klaviyo endpoints.
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -15,12 +17,31 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from agents.sandbox.api import ENDPOINTS
 from agents.sandbox.faults import FaultBook, FaultError
 from agents.sandbox.merge import normalise_email
-from agents.sandbox.store import Account, Store
+from agents.sandbox.store import REQUEST_LOG_MAX, Account, RequestRecord, Store
 
 logger = logging.getLogger("returnsync.sandbox")
 PREFIX = "/_sandbox"
+
+
+def _route_pattern(template: str) -> re.Pattern[str]:
+    parts = ("[^/]+" if part.startswith("{") else re.escape(part) for part in template.split("/"))
+    return re.compile("^" + "/".join(parts) + "/?$")
+
+
+# Request paths back to the routes they hit ("/api/profile-bulk-import-jobs/{job_id}"), so that
+# counts per endpoint do not split by resource id; either spelling of the trailing slash.
+_ROUTES = [(endpoint.method, _route_pattern(endpoint.path), endpoint.path) for endpoint in ENDPOINTS.values()]
+
+
+def route_of(method: str, path: str) -> str:
+    """`METHOD /api/route/{template}` for a logged request; the bare path when no route matches."""
+    for route_method, pattern, template in _ROUTES:
+        if route_method == method and pattern.match(path):
+            return f"{method} {template}"
+    return f"{method} {path}"
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -61,6 +82,7 @@ class SandboxAdmin:
             web.get(f"{PREFIX}/events", self.events),
             web.get(f"{PREFIX}/jobs", self.jobs),
             web.get(f"{PREFIX}/requests", self.requests),
+            web.get(f"{PREFIX}/counts", self.counts),
             web.get(f"{PREFIX}/violations", self.violations),
             web.post(f"{PREFIX}/reset", self.reset),
         ]
@@ -124,6 +146,25 @@ class SandboxAdmin:
         records = [asdict(r) for r in self._store.requests if account is None or r.account == account]
         return _json({"data": records})
 
+    async def counts(self, request: web.Request) -> web.Response:
+        """Sizes without the contents: what a benchmark or a large test needs to check a run.
+
+        Store counts are for one account (default "default"); request counts come from the
+        request log (its newest REQUEST_LOG_MAX entries), for that account when one is named,
+        else for every request, like /requests.
+        """
+        name = request.query.get("account")
+        account = self._account(name)
+        log = [r for r in self._store.requests if name is None or r.account == name]
+        return _json({"data": {
+            "account": account.name,
+            "profiles": len(account.profiles),
+            "events": len(account.events),
+            "jobs": len(account.jobs),
+            "requests": _request_counts(log),
+            "violations": len(self._store.violations),
+        }})
+
     async def violations(self, request: web.Request) -> web.Response:
         return _json({"data": [asdict(v) for v in self._store.violations]})
 
@@ -134,3 +175,17 @@ class SandboxAdmin:
             self._account(account)
         self._reset(account)
         return _json({"data": {"reset": account or "all"}})
+
+
+def _request_counts(log: list[RequestRecord]) -> dict[str, Any]:
+    by_route: Counter[str] = Counter()
+    by_status: Counter[str] = Counter()
+    items: Counter[str] = Counter()
+    for record in log:
+        route = route_of(record.method, record.path)
+        by_route[route] += 1
+        by_status[str(record.status)] += 1
+        items[route] += record.items
+    return {"total": len(log), "by_endpoint": dict(sorted(by_route.items())),
+            "by_status": dict(sorted(by_status.items())), "items_by_endpoint": dict(sorted(items.items())),
+            "log_full": len(log) >= REQUEST_LOG_MAX}
