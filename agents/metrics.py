@@ -69,7 +69,7 @@ HELD_EVENTS = Gauge(
 # --- state -----------------------------------------------------------------------------------
 EVENTS_PROCESSED = Counter(
     "returnsync_events_processed_total",
-    "Canonical events through the reducer by result: applied, duplicate, out_of_order.",
+    "Canonical events through the reducer by result: applied, duplicate, out_of_order, repeated.",
     ["type", "result"],
     registry=REGISTRY,
 )

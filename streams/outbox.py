@@ -86,9 +86,7 @@ def coalesce(records: Iterable[SyncRecord], config: ProjectionConfig) -> list[Cu
     for key, group in grouped.items():
         events: dict[tuple[str, str], KlaviyoEvent] = {}
         for record in group:
-            # An out-of-order status is history: recorded on the timeline, but flows must not fire.
-            backfill = record.backfill or record.applied is Applied.OUT_OF_ORDER
-            for event in klaviyo_events(record.event, config, backfill=backfill):
+            for event in timeline_events(record, config):
                 events.setdefault((event.metric, event.unique_id), event)
         newest = latest[key]
         deliveries.append(
@@ -102,6 +100,27 @@ def coalesce(records: Iterable[SyncRecord], config: ProjectionConfig) -> list[Cu
             )
         )
     return deliveries
+
+
+def timeline_events(record: SyncRecord, config: ProjectionConfig) -> list[KlaviyoEvent]:
+    """What one record adds to the customer's Klaviyo timeline.
+
+    A repeated status (another snapshot of a return already in it) adds nothing, also when it is
+    redelivered as a duplicate; an out-of-order status is history: on the timeline, but flows must
+    not fire. Other duplicates are sent again: the first send may have been lost in a crash, and
+    Klaviyo drops the copy by unique_id.
+    """
+    if record.applied is Applied.REPEATED or _was_repeated(record):
+        return []
+    backfill = record.backfill or record.applied is Applied.OUT_OF_ORDER
+    return klaviyo_events(record.event, config, backfill=backfill)
+
+
+def _was_repeated(record: SyncRecord) -> bool:
+    return_id = record.event.return_id
+    known = record.state.returns.get(return_id) if return_id else None
+    return (record.applied is Applied.DUPLICATE and known is not None
+            and record.event.event_id in known.repeated_ids)
 
 
 def admit(

@@ -4,7 +4,8 @@ Properties the rules keep, and the hypothesis tests check:
 - an event id already applied changes nothing (idempotency);
 - a return's status is the one of its greatest (occurred_at, rank, event id): any delivery order
   of the same status events ends on the same status, and an older one never moves it back;
-- money facts are sums over distinct fact ids, so their order does not matter.
+- money facts are sums over distinct fact ids, so their order does not matter;
+- a status event for a status the return already has is a repeat: recorded, never announced again.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Applied(StrEnum):
     DUPLICATE = "duplicate"
     OUT_OF_ORDER = "out_of_order"
     """Recorded, but an older status than the one the return already has: status not moved."""
+    REPEATED = "repeated"
+    """Recorded (details, version), but the return already had this status: nothing happened
+    that the customer's timeline should show again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +83,13 @@ def _status_changed(state: CustomerState, event: ReturnEvent) -> tuple[CustomerS
     version = (event.occurred_at, STATUS_RANK[status], event.event_id)
     newer = record.status_version is None or version > record.status_version
     was_counted = record.counted
+    repeated = record.status == status
     opened_at = event.occurred_at if record.opened_at is None else min(record.opened_at, event.occurred_at)
     record = replace(record, opened_at=opened_at, fact_ids=record.fact_ids | {event.event_id})
     if newer:
         record = replace(record, status=status, status_version=version)
+    if repeated:
+        record = replace(record, repeated_ids=record.repeated_ids | {event.event_id})
     record = _with_outcome(_with_details(record, event), event.outcome)
     first = opened_at if state.first_return_at is None else min(state.first_return_at, opened_at)
     state = replace(
@@ -90,6 +97,8 @@ def _status_changed(state: CustomerState, event: ReturnEvent) -> tuple[CustomerS
         return_count=state.return_count + (0 if was_counted else 1),
         first_return_at=first,
     )
+    if repeated:
+        return state, Applied.REPEATED
     return state, Applied.APPLIED if newer else Applied.OUT_OF_ORDER
 
 

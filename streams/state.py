@@ -54,6 +54,10 @@ class ReturnRecord:
     """Stamp per detail: `items` (skus, item_count), `reason`, `value`, `order_ref`."""
     outcomes: frozenset[str] = frozenset()
     fact_ids: frozenset[str] = frozenset()
+    repeated_ids: frozenset[str] = frozenset()
+    """Status events that found the return already in their status: another snapshot of it
+    (Loop sends `return.updated` and `return.closed` for one close). They add nothing to the
+    timeline, and a redelivery of one must know that too, so they are remembered here."""
 
     @property
     def counted(self) -> bool:
@@ -207,6 +211,7 @@ def _record_to_dict(record: ReturnRecord) -> dict[str, Any]:
         "details_version": _stamps_out(record.details_version),
         "outcomes": sorted(record.outcomes),
         "fact_ids": sorted(record.fact_ids),
+        "repeated_ids": sorted(record.repeated_ids),
     }
 
 
@@ -229,6 +234,8 @@ def _record_from_dict(data: Mapping[str, Any]) -> ReturnRecord:
         details_version=_stamps_in(data["details_version"]),
         outcomes=frozenset(data["outcomes"]),
         fact_ids=frozenset(data["fact_ids"]),
+        # Absent from states written before repeats were told apart.
+        repeated_ids=frozenset(data.get("repeated_ids", ())),
     )
 
 

@@ -88,10 +88,11 @@ def expected_klaviyo(events: Iterable[ReturnEvent], config: ProjectionConfig | N
     for event in events:
         result = apply_event(states.get(event.customer_key), event)
         states[event.customer_key] = result.state
+        if result.applied in (Applied.DUPLICATE, Applied.REPEATED):
+            continue  # nothing new on the timeline
         backfill = result.applied is Applied.OUT_OF_ORDER
         for item in klaviyo_events(event, config, backfill=backfill):
-            if result.applied is not Applied.DUPLICATE:
-                timeline.add((item.email, item.metric, item.unique_id, item.backfill))
+            timeline.add((item.email, item.metric, item.unique_id, item.backfill))
     profiles = {
         state.identity.email: as_klaviyo_json(profile_properties(state, config)) for state in states.values()
     }

@@ -12,7 +12,9 @@ import pytest
 from streams.adapters import Normalized, Skip, loop
 from streams.errors import Reason, RejectedInput
 from streams.events import EventType
-from streams.reducer import reduce_events
+from streams.outbox import SyncRecord, timeline_events
+from streams.projection import ProjectionConfig
+from streams.reducer import apply_event, reduce_events
 from tests.unit.adapter_support import (
     RECEIVED,
     as_dicts,
@@ -72,6 +74,24 @@ def test_derived_facts_keep_their_ids_when_the_snapshot_changes() -> None:
         == after[EventType.STORE_CREDIT_ISSUED]
         == "loop:store_credit:6042537"
     )
+
+
+def test_a_close_sent_as_return_updated_and_return_closed_is_announced_once() -> None:
+    # Loop fires both triggers when a return closes (reference §1.3): one "Return Closed" for flows.
+    closed = fixture_json("loop", "return_closed")
+    updated = {**copy.deepcopy(closed), "trigger": "return.updated"}
+    events = [e for body in (updated, closed) for e in loop.to_events(raw("loop", body))]
+    state, records = None, []
+    for event in events:
+        result = apply_event(state, event)
+        state = result.state
+        records.append(SyncRecord(state, event, result.applied, RECEIVED))
+    # What Klaviyo keeps: one entry per metric and unique_id (a re-sent duplicate is dropped).
+    config = ProjectionConfig()
+    timeline = {(e.metric, e.unique_id) for record in records for e in timeline_events(record, config)}
+    assert [metric for metric, _ in timeline].count("Return Closed") == 1
+    refunds = {e.event_id for e in events if e.type is EventType.REFUND_ISSUED}
+    assert {unique_id for metric, unique_id in timeline if metric == "Refund Issued"} == refunds
 
 
 def test_whole_lifecycle_plus_gift_card_webhook_counts_every_fact_once() -> None:

@@ -247,6 +247,29 @@ def test_older_status_does_not_move_the_status_back() -> None:
     assert state.returns["R1"].status_at == utc("2025-03-06T10:00:00+00:00")
 
 
+def test_a_status_the_return_already_has_is_a_repeat_that_still_records_its_details() -> None:
+    opened = status("requested", "2025-03-03T10:00:00Z", items=[TEE])
+    edited = status("requested", "2025-03-04T10:00:00Z", event_id="edit", items=[TEE, CAP])
+    state, outcomes = run(opened, edited)
+    assert outcomes == [Applied.APPLIED, Applied.REPEATED]
+    record = state.returns["R1"]
+    assert record.repeated_ids == {"edit"}
+    assert (record.skus, state.item_count, state.return_count) == (("TEE-BLK-M", "CAP-NVY"), 2, 1)
+    assert record.status_at == utc("2025-03-04T10:00:00+00:00")  # the newest version of it
+
+
+def test_an_older_repeat_is_a_repeat_too_and_a_new_status_after_it_is_applied() -> None:
+    state, outcomes = run(
+        status("closed", "2025-03-10T10:00:00Z", event_id="closed"),
+        status("closed", "2025-03-09T10:00:00Z", event_id="updated"),
+        status("requested", "2025-03-12T10:00:00Z", event_id="reopened"),
+        status("closed", "2025-03-14T10:00:00Z", event_id="closed-again"),
+    )
+    assert outcomes == [Applied.APPLIED, Applied.REPEATED, Applied.APPLIED, Applied.APPLIED]
+    assert state.returns["R1"].repeated_ids == {"updated"}
+    assert state.returns["R1"].status == "closed"
+
+
 def test_late_event_after_close_does_not_reopen_the_return() -> None:
     closed = status("closed", "2025-03-10T10:00:00Z")
     late = [status(word, f"2025-03-0{day}T10:00:00Z") for day, word in ((3, "requested"), (6, "in_transit"))]

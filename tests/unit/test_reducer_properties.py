@@ -34,8 +34,10 @@ def reduce(events: list[ReturnEvent]) -> CustomerState:
 
 
 def canonical(state: CustomerState) -> CustomerState:
-    """The state with the one thing delivery order legitimately changes, applied_ids, in id order."""
-    return replace(state, applied_ids=tuple(sorted(state.applied_ids)))
+    """The state without what delivery order legitimately changes: the order of applied_ids, and
+    which of a return's same-status snapshots came first (the others are its repeats)."""
+    returns = {key: replace(record, repeated_ids=frozenset()) for key, record in state.returns.items()}
+    return replace(state, applied_ids=tuple(sorted(state.applied_ids)), returns=returns)
 
 
 @dataclass(frozen=True)
