@@ -29,7 +29,7 @@ from agents.klaviyo.channels import Channels
 from agents.klaviyo.delivery import Delivery
 from agents.klaviyo.highwater import KafkaVersions
 from agents.klaviyo.pipeline import Pipeline
-from agents.lag import report_lag
+from agents.lag import INTERVAL_SECONDS, DeliveryLag, report_lag
 from streams.deadletter import dead_letter
 from streams.errors import Reason, Stage
 from streams.outbox import SyncRecord, decode_sync_record
@@ -43,12 +43,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     Assigned: load the partitions' version floors before anything is delivered."""
 
     def __init__(
-        self, delivery: Delivery, pipeline: Pipeline, versions: KafkaVersions, fence_seconds: float
+        self, delivery: Delivery, pipeline: Pipeline, versions: KafkaVersions, fence_seconds: float,
+        lag: DeliveryLag,
     ) -> None:
         self.delivery = delivery
         self.pipeline = pipeline
         self.versions = versions
         self.fence_seconds = fence_seconds
+        self.lag = lag
         self.inflight: asyncio.Task[Any] | None = None
         self.generation = 0
 
@@ -62,9 +64,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         deadline = time.monotonic() + self.fence_seconds
         await self.delivery.quiesce(self.fence_seconds)
         await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        revoked = list(revoked)
         self.versions.forget_partitions(tp.partition for tp in revoked)
+        self.lag.forget((tp.topic, tp.partition) for tp in revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        assigned = list(assigned)
+        self.lag.assigned(((tp.topic, tp.partition) for tp in assigned), time.time())
         await self.versions.load(tp.partition for tp in assigned)
 
 
@@ -92,15 +98,22 @@ def register(runtime: Runtime) -> None:
             # A batch may wait out a long Klaviyo outage before it is acknowledged.
             max_poll_interval_ms=3_600_000,
         )
-        pipeline = Pipeline(lambda offsets: _commit(consumer, offsets), PIPELINE_DEPTH)
+        lag = DeliveryLag()
+        pipeline = Pipeline(lambda offsets: _commit(consumer, offsets, lag), PIPELINE_DEPTH)
         # The group waits for a revoking member up to the session timeout: fence within half.
-        listener = _Rebalance(delivery, pipeline, versions, settings.session_timeout / 2)
+        listener = _Rebalance(delivery, pipeline, versions, settings.session_timeout / 2, lag)
         consumer.subscribe([runtime.sync_topic_name], listener=listener)
         await consumer.start()
+        # On its own schedule: while a batch waits on Klaviyo the delivery loop is not running.
+        measuring = asyncio.ensure_future(_measure_sync_lag(consumer, lag))
         try:
             while True:
                 await _deliver_next_batch(consumer, delivery, listener, runtime)
         finally:
+            measuring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await measuring
+            report_lag("sync", [])
             pipeline.cancel_all()
             with contextlib.suppress(Exception):
                 await consumer.stop()
@@ -120,7 +133,10 @@ async def _deliver_next_batch(
     # With batches settling, come back soon to commit them rather than waiting out a quiet topic.
     wait = settings.sync_batch_seconds if not len(pipeline) else min(settings.sync_batch_seconds, 0.1)
     batches = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=settings.sync_batch_size)
-    _report_sync_lag(consumer, batches)
+    for tp, batch in batches.items():
+        if batch:
+            listener.lag.fetched((tp.topic, tp.partition), batch[0].offset, batch[0].timestamp,
+                                 batch[-1].timestamp)
     messages = [message for partition in batches.values() for message in partition]
     if not messages:
         return
@@ -140,13 +156,16 @@ async def _deliver_next_batch(
     pipeline.add({tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}, settled)
 
 
-async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], lag: DeliveryLag) -> None:
     try:
         await consumer.commit(offsets)
     except (CommitFailedError, KafkaError) as exc:
         # Lost the partitions meanwhile: the new owner redelivers; the version floors and
         # idempotent writes make that harmless.
         log.warning("sync commit failed (redelivery follows): %s", exc)
+        return
+    for tp, offset in offsets.items():
+        lag.settled((tp.topic, tp.partition), offset)
 
 
 async def _decode(messages: list[Any], runtime: Runtime) -> list[SyncRecord]:
@@ -165,16 +184,34 @@ async def _decode(messages: list[Any], runtime: Runtime) -> list[SyncRecord]:
     return records
 
 
-def _report_sync_lag(consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> None:
-    now = time.time()
-    measured = []
-    for tp in consumer.assignment():
-        highwater = consumer.highwater(tp)
-        if highwater is None:
-            continue
-        fetched = batches.get(tp)
-        position = fetched[0].offset if fetched else highwater
-        lag = max(0, highwater - position)
-        oldest = fetched[0].timestamp / 1000 if fetched else now
-        measured.append(((tp.topic, str(tp.partition)), lag, max(0.0, now - oldest) if lag else 0.0))
-    report_lag("sync", measured)
+async def _measure_sync_lag(consumer: AIOKafkaConsumer, lag: DeliveryLag) -> None:
+    """Sync-topic lag every INTERVAL_SECONDS: committed (delivered) offset vs the broker's end."""
+    failing = False
+    while True:
+        await asyncio.sleep(INTERVAL_SECONDS)
+        try:
+            await asyncio.wait_for(_report_sync_lag(consumer, lag), timeout=4 * INTERVAL_SECONDS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker or coordinator is away: keep the last values
+            if not failing:
+                log.warning("sync lag not measured (retrying every %.0fs): %r", INTERVAL_SECONDS, exc)
+            failing = True
+        else:
+            failing = False
+
+
+async def _report_sync_lag(consumer: AIOKafkaConsumer, lag: DeliveryLag) -> None:
+    assignment = list(consumer.assignment())
+    keys = {(tp.topic, tp.partition): tp for tp in assignment}
+    for key, generation in lag.unseeded(keys).items():
+        tp = keys[key]
+        committed = await consumer.committed(tp)
+        if committed is None:  # nothing committed yet: the group starts from the beginning
+            committed = (await consumer.beginning_offsets([tp]))[tp]
+        lag.seed(key, committed, generation)
+    ends = await consumer.end_offsets(assignment) if assignment else {}
+    # Assigned at the start of this measurement and still assigned: a rebalance may have run.
+    current = set(consumer.assignment())
+    report_lag("sync", lag.measure(
+        {(tp.topic, tp.partition): end for tp, end in ends.items() if tp in current}, time.time()))
