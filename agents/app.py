@@ -123,6 +123,9 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
         sync_agent.register(runtime)
     web_views.register(runtime)
     normalize_agent.register(runtime)
-    lag.register(runtime, {topics.events, rekey_topic_name(settings)})
+    # Every topic a Faust agent consumes and records progress for: state (events, re-key) and
+    # normalize (raw, Shopify join). The sync topic is measured by its own consumer.
+    lag.register(runtime, {topics.events, rekey_topic_name(settings), topics.raw,
+                           normalize_agent.join_topic_name(settings)})
     reconcile_task.register(runtime)
     return runtime
