@@ -29,7 +29,7 @@ from agents.klaviyo.channels import Channels
 from agents.klaviyo.delivery import Delivery
 from agents.klaviyo.highwater import KafkaVersions
 from agents.klaviyo.pipeline import Pipeline
-from agents.lag import INTERVAL_SECONDS, DeliveryLag, report_lag
+from agents.lag import INTERVAL_SECONDS, DeliveryLag, partition_ends, report_lag
 from streams.deadletter import dead_letter
 from streams.errors import Reason, Stage
 from streams.outbox import SyncRecord, decode_sync_record
@@ -210,7 +210,8 @@ async def _report_sync_lag(consumer: AIOKafkaConsumer, lag: DeliveryLag) -> None
         if committed is None:  # nothing committed yet: the group starts from the beginning
             committed = (await consumer.beginning_offsets([tp]))[tp]
         lag.seed(key, committed, generation)
-    ends = await consumer.end_offsets(assignment) if assignment else {}
+    listed = await consumer.end_offsets(assignment) if assignment else {}
+    ends = partition_ends(listed, {tp: consumer.highwater(tp) for tp in assignment})
     # Assigned at the start of this measurement and still assigned: a rebalance may have run.
     current = set(consumer.assignment())
     report_lag("sync", lag.measure(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from agents import metrics
-from agents.lag import DeliveryLag, Progress, age, report_lag
+from agents.lag import DeliveryLag, Progress, age, partition_ends, report_lag
 
 SYNC = ("app-klaviyo-sync", 0)
 T0 = 1_800_000_000.0
@@ -133,3 +133,11 @@ def test_report_lag_removes_partitions_no_longer_owned() -> None:
     assert sample("returnsync_consumer_lag_seconds", "unit.topic", "1") == 4.0
     report_lag(owner, [])
     assert sample("returnsync_consumer_lag_messages", "unit.topic", "1") is None
+
+
+def test_a_partition_ends_at_the_larger_of_listoffsets_and_the_last_fetch() -> None:
+    # Tansu answers ListOffsets with the last batch's base + 1 (81 of 100); a consumer that stopped
+    # fetching has an older highwater (60); a partition only one of them knows keeps that one.
+    listed = {"p0": 81, "p1": 100, "p2": None}
+    fetched = {"p0": 100, "p1": 60, "p2": 7, "p3": None}
+    assert partition_ends(listed, fetched) == {"p0": 100, "p1": 100, "p2": 7}
