@@ -18,6 +18,18 @@ from agents.klaviyo.jobs import JobTracker
 from agents.klaviyo.ratelimit import KLAVIYO_LIMITS, Budgets, Limit
 from agents.settings import Settings
 
+# Klaviyo's limits belong to the account, not to a Channels: every Channels built from settings
+# in one process (a worker's sync agent and its scheduled reconcile) spends one budget per
+# account and rate scale.
+_SHARED_BUDGETS: dict[tuple[str, str, float], Budgets] = {}
+
+
+def _account_budgets(account: KlaviyoAccount, scale: float) -> Budgets:
+    key = (account.api_key, account.base_url, scale)
+    if key not in _SHARED_BUDGETS:
+        _SHARED_BUDGETS[key] = Budgets(scale=scale)
+    return _SHARED_BUDGETS[key]
+
 
 class Channel:
     def __init__(
@@ -31,12 +43,14 @@ class Channel:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         job_poll_seconds: float | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.name = account.name
         self.tenants: set[str] = set()
         self.client = KlaviyoClient(
             api_key=account.api_key, base_url=account.base_url, revision=revision,
-            budgets=Budgets(limits, scale=rate_limit_scale), auth_pause_seconds=auth_pause_seconds,
+            budgets=budgets if budgets is not None else Budgets(limits, scale=rate_limit_scale),
+            auth_pause_seconds=auth_pause_seconds,
             on_auth_change=self._auth_changed, retry=retry, transport=transport,
         )
         self.jobs = JobTracker(self.client) if job_poll_seconds is None else JobTracker(
@@ -69,9 +83,10 @@ class Channels:
     @classmethod
     def from_settings(cls, settings: Settings, **options: object) -> Channels:
         def make(account: KlaviyoAccount) -> Channel:
+            scale = settings.klaviyo_rate_limit_scale
+            budgets = None if "limits" in options else _account_budgets(account, scale)
             return Channel(
-                account, revision=settings.klaviyo_revision,
-                rate_limit_scale=settings.klaviyo_rate_limit_scale,
+                account, revision=settings.klaviyo_revision, rate_limit_scale=scale, budgets=budgets,
                 auth_pause_seconds=settings.klaviyo_auth_pause_seconds, **options,  # type: ignore[arg-type]
             )
 
