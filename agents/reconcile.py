@@ -4,28 +4,49 @@ The derived state comes from reducing returns.events (agents/replay.py's scan); 
 read with GET /api/profiles, 100 emails per request, under the replay's rate share. The report
 goes to the operator's terminal (stdout) and may show a few emails as examples; logs and the
 drift gauge carry counts only.
+
+A repair writes profiles beside live delivery, so it obeys live delivery's version floors (the
+`<sync topic>-versions` topic, agents/klaviyo/highwater.py) without ever writing them: it writes
+a customer's newest known state only when live delivery has already written exactly that
+version, so it can neither overtake live delivery nor undo it. Live delivery records a floor
+before each write, so a floor read once the repair's write has returned shows any newer write
+that may have landed first; that customer is then written again with its newest state.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import math
 import random
 import sys
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from agents import metrics
+from agents.app import sync_topic_name
 from agents.klaviyo.bodies import profile_import_body
 from agents.klaviyo.channels import Channels
-from agents.klaviyo.client import KlaviyoError
-from agents.replay import Selection, open_consumer, rate_limited, scan, share
+from agents.klaviyo.client import KlaviyoError, KlaviyoRejected
+from agents.klaviyo.highwater import JOB_PREFIX
+from agents.klaviyo.versions import Floor, MemoryVersions
+from agents.replay import Selection, _capture_ends, open_consumer, rate_limited, scan, share
 from agents.settings import Settings
+from agents.state_agent import expected_partition
+from streams.events import customer_ref
 from streams.projection import ProjectionConfig, profile_properties, profile_update
 from streams.state import CustomerState
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = 5
 MISSING = "(no profile)"
@@ -90,20 +111,203 @@ async def compare(channels: Channels, states: Mapping[str, CustomerState], confi
         for state in group:
             got = klaviyo.get(state.identity.email.lower())
             drift.add(state, differences(profile_properties(state, config), got))
-    metrics.RECONCILE_DRIFT_PROFILES.set(len(drift.drifted))
     return drift
 
 
-async def repair(channels: Channels, states: Sequence[CustomerState], config: ProjectionConfig) -> None:
-    """Write the derived profile of each drifted customer (latest state; events untouched)."""
-    for state in states:
-        channel = channels.for_tenant(state.customer_key.split("/", 1)[0])
+# --- repair ------------------------------------------------------------------------------------
+
+REPAIR_ATTEMPTS = 3
+FLOORS_READ_SECONDS = 60.0
+
+
+class Verdict(StrEnum):
+    """What a repair does with one drifted customer."""
+
+    WRITE = "write"
+    BEHIND = "behind"  # live delivery wrote a newer version than the newest state known here
+    IN_FLIGHT = "in_flight"  # live delivery has not written this version yet (or its bulk job runs)
+    GONE = "gone"  # no current state here: the customer's partition belongs to another worker
+    SUPERSEDED = "superseded"  # a newer live write follows the repair's: nothing left to fix
+    WAIT = "wait"  # the repair's write may sit on a newer live write and cannot be fixed yet
+
+
+def verdict(
+    version: int | None, floor: Floor | None, job_done: bool, *, unseen_ok: bool, seen: int | None
+) -> Verdict:
+    """May the newest known state (`version`; None: none) be written, given live delivery's floor?
+
+    Live delivery admits a version at or above the floor (streams.outbox.admit); a repair admits
+    only the floor's own version, settled (no bulk job pending): a higher one is live delivery's to
+    write in order, a lower one is older than what it wrote. `unseen_ok`: no floor means no live
+    writer (the CLI against a Klaviyo only a replay wrote) rather than one that has not got there.
+
+    `seen` is None until the repair wrote this customer. After a write, it is the floor read once
+    that write had returned, above the version written: a live write of `seen` may have landed
+    first. Any floor above `seen` was recorded, so sent, after the repair's write returned.
+    """
+    if seen is None:
+        if version is None:
+            return Verdict.GONE
+        if floor is None:
+            return Verdict.WRITE if unseen_ok else Verdict.IN_FLIGHT
+        if floor.version > version:
+            return Verdict.BEHIND
+        if floor.version < version or not job_done:
+            return Verdict.IN_FLIGHT
+        return Verdict.WRITE
+    if floor is not None and floor.version > seen:
+        return Verdict.SUPERSEDED
+    if version is not None and version > seen:
+        return Verdict.SUPERSEDED  # not recorded yet, so its live write comes after the repair's
+    if version == seen and job_done:
+        return Verdict.WRITE
+    return Verdict.WAIT
+
+
+@dataclass
+class Repair:
+    repaired: list[str] = field(default_factory=list)
+    left: Counter[Verdict] = field(default_factory=Counter)
+    """Drifted customers left to live delivery, by why."""
+    failed: list[str] = field(default_factory=list)  # Klaviyo refused the write (permanent 4xx)
+    unsettled: list[str] = field(default_factory=list)
+    """Written, but perhaps over a newer live write, and still so after every attempt."""
+
+    def report(self) -> str:
+        lines = [f"repaired {len(self.repaired)} profiles"]
+        lines += [f"  left to live delivery ({reason.value}): {count}"
+                  for reason, count in sorted(self.left.items())]
+        if self.failed:
+            lines.append(f"  refused by Klaviyo: {len(self.failed)}")
+        if self.unsettled:
+            lines.append(f"  still changing, may hold an older state: {len(self.unsettled)} (run again)")
+        return "\n".join(lines)
+
+    @property
+    def resolved(self) -> bool:
+        """Nothing drifted is left behind: repaired, or a newer live write follows."""
+        return not self.failed and not self.unsettled and set(self.left) <= {Verdict.SUPERSEDED}
+
+
+States = Callable[[Sequence[str]], Awaitable[Mapping[str, CustomerState]]]
+"""customer keys -> the newest state known for each (absent: none)."""
+Floors = Callable[[Sequence[str]], Awaitable[MemoryVersions]]
+"""customer keys -> live delivery's floors for them, as recorded now."""
+
+
+async def repair(
+    channels: Channels, keys: Iterable[str], current: States, floors: Floors, config: ProjectionConfig,
+    *, unseen_ok: bool, attempts: int = REPAIR_ATTEMPTS,
+) -> Repair:
+    """Write the newest state of each drifted customer where live delivery allows (see `verdict`)."""
+    result = Repair()
+    seen: dict[str, int] = {}
+    pending = list(dict.fromkeys(keys))
+    for _ in range(attempts):
+        if not pending:
+            break
+        states, versions = await current(pending), await floors(pending)
+        writes, waiting = [], []
+        for key in pending:
+            state, floor = states.get(key), versions.floor(key)
+            job_done = floor is None or floor.job is None or versions.job_complete(floor.job)
+            decided = verdict(state.version if state is not None else None, floor, job_done,
+                              unseen_ok=unseen_ok, seen=seen.get(key))
+            if decided is Verdict.WRITE and state is not None:
+                writes.append(state)
+            elif decided is Verdict.WAIT:
+                waiting.append(key)
+            else:
+                result.left[decided] += 1
+        accepted = await asyncio.gather(*(_write(channels, state, config) for state in writes))
+        written = [state for state, ok in zip(writes, accepted, strict=True) if ok]
+        result.failed += [state.customer_key for state, ok in zip(writes, accepted, strict=True) if not ok]
+        after = await floors([state.customer_key for state in written]) if written else MemoryVersions()
+        pending = waiting
+        for state in written:
+            key = state.customer_key
+            if after.version(key) > state.version:
+                seen[key] = after.version(key)
+                pending.append(key)
+            else:
+                result.repaired.append(key)
+    result.unsettled = pending
+    return result
+
+
+async def _write(channels: Channels, state: CustomerState, config: ProjectionConfig) -> bool:
+    channel = channels.for_tenant(state.customer_key.split("/", 1)[0])
+    try:
         await channel.client.import_profile(profile_import_body(profile_update(state, config)))
+    except KlaviyoRejected as exc:
+        log.warning("reconcile repair refused customer=%s status=%s detail=%s",
+                    customer_ref(state.customer_key), exc.status, exc.detail)
+        return False
+    return True
 
 
-async def report_drift(settings: Settings, states: Mapping[str, CustomerState], *, fix: bool = False) -> int:
-    """Print the drift report; exit code 0 when there is none (or it was repaired), 1 when there
-    is, 2 when Klaviyo could not be read (so a failure never passes for drift or for none)."""
+class FloorsUnreadable(Exception):
+    """Live delivery's floors could not be read: nothing may be repaired without them."""
+
+
+def versions_topic(settings: Settings) -> str:
+    """Where live delivery records its floors (agents/sync_agent.py)."""
+    return f"{sync_topic_name(settings)}-versions"
+
+
+async def read_floors(bootstrap_servers: str, topic: str, keys: Sequence[str]) -> MemoryVersions:
+    """Live delivery's floors for `keys`, as recorded by now: their partitions read to the end."""
+    floors, wanted = MemoryVersions(), set(keys)
+    if not wanted:
+        return floors
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            return floors
+        count = len(consumer.partitions_for_topic(topic) or ())
+        tps = sorted({TopicPartition(topic, expected_partition(key.encode(), count)) for key in wanted})
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        listed = await consumer.end_offsets(tps)
+        ends: dict[TopicPartition, int] = {}
+        started = time.monotonic()
+        remaining = list(tps)
+        while remaining:
+            if time.monotonic() - started > FLOORS_READ_SECONDS:
+                raise FloorsUnreadable(f"{topic} not read to its end within {FLOORS_READ_SECONDS:.0f}s")
+            batches = await consumer.getmany(*remaining, timeout_ms=200)
+            # This consumer was created after the caller's writes returned: its first fetch's
+            # high watermark covers every floor recorded before them.
+            _capture_ends(consumer, tps, listed, ends, give_up=time.monotonic() - started > 10)
+            for messages in batches.values():
+                for message in messages:
+                    _apply_floor(floors, wanted, message.key, message.value)
+            remaining = [tp for tp in remaining if tp not in ends or await consumer.position(tp) < ends[tp]]
+    finally:
+        await consumer.stop()
+    return floors
+
+
+def _apply_floor(floors: MemoryVersions, wanted: set[str], key: bytes | None, value: bytes | None) -> None:
+    """One record of the versions topic, in highwater.py's format."""
+    if key is None or value is None:
+        return
+    text = key.decode()
+    if text.startswith(JOB_PREFIX):
+        floors.mark_complete(text[len(JOB_PREFIX):])
+    elif text in wanted:
+        data = orjson.loads(value)
+        floors.mark(text, Floor(int(data["v"]), data.get("job")))
+
+
+async def report_drift(
+    settings: Settings, states: Mapping[str, CustomerState], *, fix: bool = False,
+    rescan: Callable[[], Awaitable[Mapping[str, CustomerState]]] | None = None,
+) -> int:
+    """Print the drift report; exit code 0 when there is none (or it was all repaired), 1 when
+    there is, 2 when Klaviyo or the floors could not be read (so a failure never passes for drift
+    or for none). `rescan` derives the state again when a repair must catch up with live delivery."""
     channels = Channels.from_settings(settings)
     try:
         try:
@@ -111,13 +315,32 @@ async def report_drift(settings: Settings, states: Mapping[str, CustomerState], 
         except KlaviyoError as exc:
             print(f"could not read Klaviyo profiles: {exc}", file=sys.stderr)
             return 2
+        metrics.RECONCILE_DRIFT_PROFILES.set(len(drift.drifted))
         print(drift.report())
-        if drift.drifted and fix:
-            await repair(channels, [states[key] for key in drift.drifted], settings.projection)
-            print(f"repaired {len(drift.drifted)} profiles")
-            metrics.RECONCILE_DRIFT_PROFILES.set(0)
-            return 0
-        return 1 if drift.drifted else 0
+        if not (drift.drifted and fix):
+            return 1 if drift.drifted else 0
+        newest, attempts = dict(states), 0
+
+        async def current(keys: Sequence[str]) -> Mapping[str, CustomerState]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and rescan is not None:  # a retry: live delivery moved on meanwhile
+                newest.update(await rescan())
+            return {key: newest[key] for key in keys if key in newest}
+
+        async def floors(keys: Sequence[str]) -> MemoryVersions:
+            assert settings.kafka_bootstrap_servers is not None
+            return await read_floors(settings.kafka_bootstrap_servers, versions_topic(settings), keys)
+
+        try:
+            fixed = await repair(channels, drift.drifted, current, floors, settings.projection,
+                                 unseen_ok=True)
+        except (KlaviyoError, FloorsUnreadable) as exc:
+            print(f"repair stopped: {exc}", file=sys.stderr)
+            return 2
+        print(fixed.report())
+        metrics.RECONCILE_DRIFT_PROFILES.set(len(drift.drifted) - len(fixed.repaired))
+        return 0 if fixed.resolved else 1
     finally:
         await channels.aclose()
 
@@ -142,7 +365,16 @@ async def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     if args.sample and args.sample < len(keys):
         keys = random.sample(keys, args.sample)  # a sample, not a secret
     states = {key: scanned.states[key] for key in keys}
-    return await report_drift(rate_limited(settings, args.rate_share), states, fix=args.repair)
+
+    async def rescan() -> Mapping[str, CustomerState]:
+        consumer = await open_consumer(settings, None)
+        try:
+            return (await scan(consumer, settings.topics.events, Selection(tenant=args.tenant),
+                               progress=False)).states
+        finally:
+            await consumer.stop()
+
+    return await report_drift(rate_limited(settings, args.rate_share), states, fix=args.repair, rescan=rescan)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
