@@ -226,3 +226,39 @@ def test_tenant_option_replays_only_that_tenants_customers(
     assert sandbox.event_keys() == backfilled(expected)
     assert set(sandbox.profiles()) == set(expected.profiles)
     assert profile_differences(expected, sandbox) == []
+
+
+def test_reconcile_repair_never_writes_an_older_state_than_live_delivery_did(
+    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread,
+    bootstrap_servers: str, prefix: str, tmp_path: Path,
+) -> None:
+    from tests.integration.test_reconcile_scheduled import another_return, plant_drift, properties
+
+    events = demo_events(8, seed=21)
+    start_worker()  # live delivery
+    publish(events)
+    wait_until(lambda: not profile_differences(expected_klaviyo(events), sandbox), within=90,
+               what="live delivery")
+    email = events[0].customer.email
+    newer = another_return(events, email)
+    after = expected_klaviyo([*events, newer])
+    plant_drift(sandbox, email)
+    # The CLI's read of Klaviyo is held: its scan is done, so what it derived is now older than
+    # what live delivery writes meanwhile.
+    sandbox.admin("POST", "faults", json={"endpoint": "/api/profiles", "method": "GET", "delay": 8,
+                                          "count": 1})
+    env = cli_env(bootstrap_servers, sandbox, prefix)
+    cli = ChildProcess(["reconcile", "--sample", "0", "--repair"], env, tmp_path / "reconcile.log").start()
+    try:
+        wait_until(lambda: not sandbox.admin("GET", "faults"), within=60, what="the CLI reading Klaviyo")
+        publish([newer])
+        wait_until(lambda: properties(sandbox, email) == after.profiles[email], within=30,
+                   what="live delivery to write the customer's new state")
+        wait_until(lambda: not cli.running, within=60, what="the reconcile to finish")
+    finally:
+        cli.stop(within=5)
+    output = cli.log_file.read_text()
+    assert "1 drifted" in output, output[-3000:]
+    assert properties(sandbox, email) == after.profiles[email], f"the repair wrote an older state\n{output}"
+    assert "left to live delivery (behind): 1" in output, output[-3000:]
+    assert cli.process is not None and cli.process.returncode == 1, output[-3000:]
