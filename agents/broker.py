@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -144,3 +145,19 @@ def bootstrap(servers: str | None, log_file: Path | None = None) -> Iterator[str
     with EmbeddedBroker(log_file=log_file) as broker:
         os.environ.setdefault("RETURNSYNC_EMBEDDED_BROKER", broker.bootstrap_servers)
         yield broker.bootstrap_servers
+
+
+def partition_ends(listed: Mapping[Any, int | None], fetched: Mapping[Any, int | None]) -> dict[Any, int]:
+    """Each partition's end: the larger of what ListOffsets said and the last fetch's highwater.
+
+    Neither can be past the true end. ListOffsets is current but Tansu (the embedded broker)
+    answers it with the last batch's base offset + 1, short of the end by that batch; a fetch's
+    highwater is exact but stops moving when the consumer stops fetching. The larger is right on
+    Kafka and at most one batch short on Tansu, never frozen and never zero while records wait.
+    """
+    ends: dict[Any, int] = {}
+    for tp in {*listed, *fetched}:
+        known = [end for end in (listed.get(tp), fetched.get(tp)) if end is not None]
+        if known:
+            ends[tp] = max(known)
+    return ends

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import metrics
+from agents.broker import partition_ends
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +142,6 @@ async def _faust_ends(consumer: Any, partitions: list[Any]) -> Mapping[Any, int]
         log.debug("end offsets unavailable, using the last fetched highwaters: %r", exc)
         listed = {}
     return partition_ends(listed, {tp: consumer.highwater(tp) for tp in partitions})
-
-
-def partition_ends(listed: Mapping[Any, int | None], fetched: Mapping[Any, int | None]) -> dict[Any, int]:
-    """Each partition's end: the larger of what ListOffsets said and the last fetch's highwater.
-
-    Neither can be past the true end. ListOffsets is current but Tansu (the embedded broker)
-    answers it with the last batch's base offset + 1, short of the end by that batch; a fetch's
-    highwater is exact but stops moving when the consumer stops fetching. The larger is right on
-    Kafka and at most one batch short on Tansu, never frozen and never zero while records wait.
-    """
-    ends: dict[Any, int] = {}
-    for tp in {*listed, *fetched}:
-        known = [end for end in (listed.get(tp), fetched.get(tp)) if end is not None]
-        if known:
-            ends[tp] = max(known)
-    return ends
 
 
 # --- the sync consumer -----------------------------------------------------------------------

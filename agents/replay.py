@@ -139,7 +139,7 @@ async def scan(consumer: AIOKafkaConsumer, topic: str, selection: Selection, *,
 def _capture_ends(consumer: AIOKafkaConsumer, tps: list[TopicPartition], listed: dict[TopicPartition, int],
                   ends: dict[TopicPartition, int], *, give_up: bool) -> None:
     """The end of each partition: the high watermark of its first fetch. ListOffsets alone is not
-    trusted: the embedded broker (Tansu) answers it wrongly (stream-processing-notes §5)."""
+    trusted: the embedded broker (Tansu) answers it a batch short (agents/broker.py: partition_ends)."""
     for tp in tps:
         if tp in ends:
             continue

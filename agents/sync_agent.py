@@ -25,11 +25,12 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from agents import metrics
 from agents.app import Runtime
+from agents.broker import partition_ends
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.delivery import Delivery
 from agents.klaviyo.highwater import KafkaVersions
 from agents.klaviyo.pipeline import Pipeline
-from agents.lag import INTERVAL_SECONDS, DeliveryLag, partition_ends, report_lag
+from agents.lag import INTERVAL_SECONDS, DeliveryLag, report_lag
 from streams.deadletter import dead_letter
 from streams.errors import Reason, Stage
 from streams.outbox import SyncRecord, decode_sync_record

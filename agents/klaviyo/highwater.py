@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
+from agents.broker import partition_ends
 from agents.klaviyo.versions import Floor, MemoryVersions
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class KafkaVersions(MemoryVersions):
                     for message in messages:
                         self._apply(tp.partition, message.key, message.value)
                         loaded += 1
+                # ListOffsets can fall a batch short on Tansu (agents/broker.py: partition_ends);
+                # a fetch's highwater is exact, so the newest floors are never left unread.
+                ends = partition_ends(ends, {tp: consumer.highwater(tp) for tp in tps})
         finally:
             await consumer.stop()
         log.info("version floors loaded partitions=%s records=%d", [tp.partition for tp in tps], loaded)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from agents import metrics
-from agents.lag import DeliveryLag, Progress, age, partition_ends, report_lag
+from agents.broker import partition_ends
+from agents.lag import DeliveryLag, Progress, age, report_lag
 
 SYNC = ("app-klaviyo-sync", 0)
 T0 = 1_800_000_000.0
