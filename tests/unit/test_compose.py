@@ -1,21 +1,32 @@
 """docker-compose.yml, Dockerfile and .dockerignore agree with each other and with the repo:
 every path they mount exists, every name they refer to is defined, Prometheus scrapes the
-workers compose runs, Grafana loads the provisioning and dashboards compose mounts, and the
-workers' environment is one the project's own Settings accepts."""
+workers compose runs, Grafana loads the provisioning and dashboards compose mounts, the
+workers' environment is one the project's own Settings accepts, and every long-running service
+has a healthcheck that calls a tool its image has, on the port it listens on, at a path that
+exists."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import fnmatch
+import http.server
 import re
+import subprocess
+import sys
+import threading
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from agents.broker import free_port
 from agents.cli import DEFAULT_SANDBOX_KEY
+from agents.sandbox.admin import PREFIX as SANDBOX_ADMIN_PREFIX
+from agents.sandbox.server import SandboxServer
 from agents.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,7 +183,7 @@ def test_worker_runs_the_image_against_kafka_with_its_own_rocksdb_volume(worker)
 
     web_port = int(env["RETURNSYNC_WEB_PORT"])
     assert web_port in published_ports(worker)
-    assert f"localhost:{web_port}/health" in " ".join(service["healthcheck"]["test"])
+    assert f"localhost:{web_port}/ready" in " ".join(service["healthcheck"]["test"])
 
 
 def test_workers_publish_6066_and_6067():
@@ -240,6 +251,195 @@ def test_grafana_provisioning_and_dashboards_come_from_the_mounted_dirs():
     home = environment("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert host_path("grafana", home).is_file()
     assert SERVICES["grafana"]["depends_on"]["prometheus"] == {"condition": "service_healthy"}
+
+
+# --- healthchecks --------------------------------------------------------------------------------
+
+# What each image can run a check with. The project image is python:3.11-slim (no curl, no wget);
+# prom/prometheus is busybox and grafana/grafana Alpine, both with wget; apache/kafka has its tools.
+CHECK_TOOLS = {
+    "returnsync:local": {"python"},
+    "apache/kafka": {"/opt/kafka/bin/kafka-broker-api-versions.sh"},
+    "prom/prometheus": {"wget"},
+    "grafana/grafana": {"wget"},
+}
+# The documented health endpoints of the third-party images (the project's own are checked
+# against its code below).
+HEALTH_PATHS = {"prom/prometheus": "/-/ready", "grafana/grafana": "/api/health"}
+_URL = re.compile(r"https?://[^\s'\"]+")
+
+
+def image(service: str) -> str:
+    """The image's name without its tag; the project's own image for a service compose builds."""
+    if "build" in SERVICES[service]:
+        return SERVICES[service]["image"]
+    return SERVICES[service]["image"].split(":")[0]
+
+
+def long_running() -> list[str]:
+    """Services compose keeps running (not one-shot jobs): they all need a healthcheck."""
+    return sorted(name for name, svc in SERVICES.items() if str(svc.get("restart", "no")) != "no")
+
+
+def check_command(service: str) -> list[str]:
+    test = SERVICES[service]["healthcheck"]["test"]
+    assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), f"{service}: {test!r}"
+    return test[1:] if test[0] == "CMD" else test[1].split()
+
+
+def check_url(service: str) -> str | None:
+    found = _URL.findall(" ".join(SERVICES[service]["healthcheck"]["test"]))
+    assert len(found) <= 1, f"{service} checks several URLs: {found}"
+    return found[0] if found else None
+
+
+def seconds(duration: str) -> float:
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", str(duration))
+    assert parts and any(parts.groups()), f"unexpected duration {duration!r}"
+    minutes, secs = (int(group or 0) for group in parts.groups())
+    return 60 * minutes + secs
+
+
+def listen_port(service: str) -> int:
+    """The port the service's process listens on inside its container."""
+    if service in worker_services():
+        return int(environment(service)["RETURNSYNC_WEB_PORT"])
+    command = SERVICES[service].get("command") or []
+    if "--port" in command:
+        return int(flag(command, "--port"))
+    (port,) = published_ports(service)  # third-party images: the one port compose publishes
+    return port
+
+
+def test_every_long_running_service_has_a_complete_healthcheck():
+    assert long_running() == sorted(SERVICES), "every service is long-running today"
+    for name in long_running():
+        check = SERVICES[name].get("healthcheck")
+        assert check and not check.get("disable"), f"{name} has no healthcheck"
+        check_command(name)
+        for key in ("interval", "timeout", "retries"):
+            assert key in check, f"{name}: healthcheck needs {key}"
+        assert seconds(check["timeout"]) <= seconds(check["interval"]), name
+        assert int(check["retries"]) >= 3, f"{name}: one slow answer must not mark it unhealthy"
+
+
+def test_healthchecks_run_a_tool_the_image_has():
+    for name in long_running():
+        tools = CHECK_TOOLS.get(image(name))
+        assert tools is not None, f"{name}: which tools does {image(name)} have? add it to CHECK_TOOLS"
+        assert check_command(name)[0] in tools, f"{name}: {image(name)} cannot run {check_command(name)[0]}"
+
+
+def test_http_healthchecks_target_the_port_the_service_listens_on():
+    for name in long_running():
+        url = check_url(name)
+        if url is None:
+            continue
+        target = urlsplit(url)
+        assert target.hostname in ("localhost", "127.0.0.1"), f"{name} must check itself: {url}"
+        assert target.port == listen_port(name), f"{name} listens on {listen_port(name)}, checks {url}"
+        assert target.port in published_ports(name), name
+    assert check_url("kafka") is None
+    assert "localhost:9092" in " ".join(SERVICES["kafka"]["healthcheck"]["test"])
+
+
+def test_third_party_healthchecks_use_the_images_documented_endpoints():
+    for name in long_running():
+        expected = HEALTH_PATHS.get(image(name))
+        if expected is not None:
+            assert urlsplit(check_url(name) or "").path == expected, name
+
+
+@pytest.mark.parametrize("worker", ["worker-1", "worker-2"])
+def test_worker_healthcheck_is_readiness_and_tolerates_a_rebalance(worker):
+    url = check_url(worker)
+    assert url is not None and urlsplit(url).path == "/ready"
+    assert '@app.page("/ready")' in (REPO / "agents" / "web_views.py").read_text()
+    check = SERVICES[worker]["healthcheck"]
+    # A rebalance makes /ready 503 for seconds: it takes a minute of failures to be unhealthy,
+    # and a first start gets two minutes to recover its tables.
+    assert seconds(check["interval"]) * int(check["retries"]) >= 60
+    assert seconds(check["start_period"]) >= 60
+    # Compose restarts on exit only: nothing here may restart a worker for failing /ready.
+    assert SERVICES[worker]["restart"] == "unless-stopped"
+    assert not any("autoheal" in str(value) for value in (SERVICES[worker].get("labels") or {}))
+
+
+def test_sandbox_healthcheck_path_is_a_sandbox_admin_get_route():
+    path = urlsplit(check_url("klaviyo-sandbox") or "").path
+    assert path.startswith(SANDBOX_ADMIN_PREFIX + "/"), "admin paths skip faults, rate limits, the log"
+    app = SandboxServer(api_keys={DEFAULT_SANDBOX_KEY: "default"}).build_app()
+    routes = {(route.method, route.resource.canonical) for route in app.router.routes() if route.resource}
+    assert ("GET", path) in routes, sorted(routes)
+
+
+def test_workers_wait_for_a_healthy_sandbox_and_kafka():
+    for worker in worker_services():
+        conditions = {name: dep["condition"] for name, dep in SERVICES[worker]["depends_on"].items()}
+        assert conditions == {"kafka": "service_healthy", "klaviyo-sandbox": "service_healthy"}
+
+
+# The python checks, run for real: on the host's python, against a stand-in or the real sandbox.
+
+
+def run_check(service: str, port: int) -> int:
+    command = check_command(service)
+    assert command[:2] == ["python", "-c"], command
+    code = command[2].replace(f"localhost:{listen_port(service)}", f"127.0.0.1:{port}")
+    assert code != command[2]
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30).returncode
+
+
+@pytest.fixture
+def stand_in() -> Iterator[tuple[int, dict[str, int]]]:
+    """An HTTP server answering every GET with statuses[path] (404 when not set)."""
+    statuses: dict[str, int] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(statuses.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], statuses
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_worker_check_passes_when_ready_and_fails_while_not_ready_or_down(stand_in):
+    port, statuses = stand_in
+    statuses["/health"] = 200  # alive throughout: the check must not settle for that
+    statuses["/ready"] = 503
+    assert run_check("worker-1", port) != 0
+    statuses["/ready"] = 200
+    assert run_check("worker-1", port) == 0
+    assert run_check("worker-1", free_port()) != 0
+
+
+def test_sandbox_check_passes_against_the_real_sandbox_even_with_faults_injected():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = SandboxServer(api_keys={DEFAULT_SANDBOX_KEY: "default"})
+    try:
+        url = asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+        port = urlsplit(url).port
+        assert port is not None
+        assert run_check("klaviyo-sandbox", port) == 0
+        server.faults.add({"status": 503})  # every API request fails from now on
+        assert run_check("klaviyo-sandbox", port) == 0
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    assert run_check("klaviyo-sandbox", port) != 0, "a stopped sandbox fails its check"
 
 
 # --- Dockerfile and build context -----------------------------------------------------------------
