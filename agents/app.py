@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from agents import metrics
+from agents import faust_fixes, metrics
 from agents.lag import Progress
 from agents.settings import Settings
 
@@ -84,6 +84,7 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
         web_host=settings.web_advertised_host,
         canonical_url=settings.canonical_url,
     )
+    faust_fixes.apply(app, bootstrap_servers)
     topics = settings.topics
 
     def topic(*names: str, internal: bool = False) -> Any:

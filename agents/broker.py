@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -160,4 +161,37 @@ def partition_ends(listed: Mapping[Any, int | None], fetched: Mapping[Any, int |
         known = [end for end in (listed.get(tp), fetched.get(tp)) if end is not None]
         if known:
             ends[tp] = max(known)
+    return ends
+
+
+async def fetched_ends(bootstrap_servers: str, listed: Mapping[Any, int]) -> dict[Any, int]:
+    """The end of each partition as a fetch sees it, given the ends ListOffsets listed.
+
+    One small fetch at the listed end - 1 per non-empty partition returns the exact highwater
+    (see partition_ends). Partitions keep their listed end if the fetch says nothing in time.
+    """
+    probed = {tp: end for tp, end in listed.items() if end > 0}
+    ends = dict(listed)
+    if not probed:
+        return ends
+    partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in probed}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=100)
+    await consumer.start()
+    try:
+        consumer.assign(list(partitions))
+        for kafka_tp, tp in partitions.items():
+            consumer.seek(kafka_tp, probed[tp] - 1)
+        deadline = time.monotonic() + 10
+        waiting = set(partitions)
+        while waiting and time.monotonic() < deadline:
+            await consumer.getmany(*waiting, timeout_ms=200)
+            for kafka_tp in list(waiting):
+                highwater = consumer.highwater(kafka_tp)
+                if highwater is not None:
+                    tp = partitions[kafka_tp]
+                    ends[tp] = max(highwater, probed[tp])
+                    waiting.discard(kafka_tp)
+    finally:
+        await consumer.stop()
     return ends
