@@ -159,6 +159,10 @@ def register(runtime: Runtime) -> None:
     async def emit(source: str, result: Normalized) -> None:
         if result.unknown_status is not None:
             metrics.UNKNOWN_STATUSES.labels(source).inc()
+            # The word, for whoever maps it next (a platform enum, never customer data); the
+            # webhook itself stays in returns.raw to be re-normalized once it is mapped.
+            log.warning("unknown platform status source=%s status=%r: no status change made",
+                        source, result.unknown_status[:64])
         if result.skipped is not None:
             metrics.WEBHOOKS_SKIPPED.labels(source, result.skipped.value).inc()
         for event in result.events:
