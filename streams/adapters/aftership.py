@@ -2,8 +2,10 @@
 
 Each delivery is one transition with its own event id (`aftership:<envelope id>`), so the event
 name decides the status: `return.submitted`, `return.approved`, ... (2024-10). The legacy
-`return.created` / `return.updated` carry the status in `data.status` instead, and shipment
-events in the tracking status. The snapshot's money facts are restated on every delivery under
+`return.created` / `return.updated` carry the status in `data.status` instead, shipment events
+in the tracking status, and drop-off events (Happy Returns, Retail Reworks) in the drop-off's
+status: handed over at the collection point, the items are on their way. Label and restock
+events change no status. The snapshot's money facts are restated on every delivery under
 stable ids: `aftership:refund:<return id>` (or `store_credit`, by refund destination) and
 `aftership:exchange:<return id>` once an exchange order exists.
 """
@@ -44,6 +46,7 @@ from streams.adapters.payload import (
 from streams.errors import Reason, RejectedInput
 from streams.events import Customer, EventType, Outcome, ReturnEvent, ReturnItem
 from streams.raw import RawWebhook
+from streams.state import STATUS_RANK
 
 SOURCE = "aftership"
 
@@ -58,10 +61,10 @@ _EVENT = {
 }
 _BY_STATUS = frozenset({"return.created", "return.updated"})
 _BY_TRACKING = frozenset({"return.shipment.updated", "return.dropoff.shipment.updated"})
+_BY_DROPOFF = frozenset({"return.dropoff.updated", "return.dropoff.shipment.updated"})
 _NO_STATUS = frozenset(
     {
         "return.dropoff.created",
-        "return.dropoff.updated",
         "return.restock.created",
         "return.shipment.created",
         "return.shipments.created",
@@ -88,6 +91,13 @@ _TRACKING: dict[str, EventType | None] = {
     **dict.fromkeys(
         ("pending", "inforeceived", "attemptfail", "availableforpickup", "exception", "expired"), None
     ),
+}
+# A drop-off's status, most advanced first: dropped off at the collection point is the
+# drop-off return's carrier scan. Only `created` (a QR code was generated) says nothing yet.
+_DROPOFF: dict[str, EventType | None] = {
+    "dropped": EventType.RETURN_IN_TRANSIT,
+    "partially_dropped": EventType.RETURN_IN_TRANSIT,
+    "created": None,
 }
 _DESTINATION = {"original_payment": Outcome.REFUND, "store_credit": Outcome.STORE_CREDIT}
 _RESOLUTION = {**_DESTINATION, "exchange": Outcome.EXCHANGE}
@@ -179,20 +189,50 @@ def _status(event_name: str, data: Json) -> tuple[EventType | None, str | None, 
         return read_status(
             text(data, "approval_status", "data") or required_text(data, "status", "data"), _STATUS
         )
-    if event_name in _BY_TRACKING:
-        return _tracking(data)
+    if event_name in _BY_TRACKING or event_name in _BY_DROPOFF:
+        return _parcel(event_name, data)
     return None, None, event_name
 
 
-def _tracking(data: Json) -> tuple[EventType | None, str | None, str | None]:
-    words = [
-        text(shipment, "tracking_status", f"data.shipments[{i}]")
-        for i, shipment in enumerate(objects(data, "shipments", "data"))
-    ]
-    known = [w for w in words if w and w.lower() in _TRACKING]
-    unknown = next((w for w in words if w and w.lower() not in _TRACKING), None)
-    # Several parcels: the return is as far along as its most advanced one.
-    for tag, status in _TRACKING.items():
+def _parcel(event_name: str, data: Json) -> tuple[EventType | None, str | None, str | None]:
+    """How far the parcels got, unless the return itself is already further along."""
+    found: tuple[EventType | None, str | None, str | None] = (None, None, None)
+    if event_name in _BY_TRACKING:
+        found = _progress(data, "shipments", "tracking_status", _TRACKING)
+    if found[0] is None and event_name in _BY_DROPOFF:
+        # A drop-off's own shipments carry no tracking status: its status says how far it got.
+        dropoff = _progress(data, "dropoffs", "status", _DROPOFF)
+        found = dropoff if dropoff[0] is not None else (None, None, found[2] or dropoff[2])
+    status, word, unknown = found
+    if status is not None and _rank(_snapshot_status(data)) > _rank(status):
+        # A scan after the return was received, resolved, rejected or expired (merchants that
+        # refund on the first scan see the rest later): it must not move the return back.
+        return None, None, unknown
+    return status, word, unknown
+
+
+def _snapshot_status(data: Json) -> EventType | None:
+    """The return's own status in a parcel event's snapshot, as far as it is known."""
+    word = text(data, "approval_status", "data") or text(data, "status", "data")
+    own = _STATUS.get(word.lower()) if word else None
+    if objects(data, "receivings", "data") and _rank(own) < _rank(EventType.RETURN_RECEIVED):
+        return EventType.RETURN_RECEIVED  # 2024-10 keeps `approved` until resolved
+    return own
+
+
+def _rank(status: EventType | None) -> int:
+    return STATUS_RANK[status.status] if status is not None else -1
+
+
+def _progress(
+    data: Json, key: str, field: str, states: dict[str, EventType | None]
+) -> tuple[EventType | None, str | None, str | None]:
+    """The status of the most advanced of `data.<key>[].<field>` (parcels, drop-offs): a return
+    is as far along as its furthest part. `states` lists the words most advanced first."""
+    words = [text(entry, field, f"data.{key}[{i}]") for i, entry in enumerate(objects(data, key, "data"))]
+    known = [w for w in words if w and w.lower() in states]
+    unknown = next((w for w in words if w and w.lower() not in states), None)
+    for tag, status in states.items():
         for word in known:
             if word.lower() == tag and status is not None:
                 return status, word, unknown

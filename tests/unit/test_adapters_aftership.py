@@ -196,3 +196,115 @@ def test_unusable_payloads_are_rejected_with_a_reason(body: dict[str, Any], reas
     with pytest.raises(RejectedInput) as caught:
         aftership.normalize(raw("aftership", body))
     assert caught.value.reason is reason
+
+
+DROPOFF_RETURN = "2c1b0a9f8e7d4c6ba5f4e3d2c1b0a9f8"
+
+
+@pytest.mark.parametrize(
+    ("event", "dropoff_status", "expected"),
+    [
+        ("return.dropoff.created", "created", None),
+        ("return.dropoff.updated", "created", None),
+        ("return.dropoff.updated", "dropped", EventType.RETURN_IN_TRANSIT),
+        ("return.dropoff.updated", "partially_dropped", EventType.RETURN_IN_TRANSIT),
+        ("return.dropoff.shipment.updated", "dropped", EventType.RETURN_IN_TRANSIT),
+    ],
+)
+def test_a_dropped_off_return_is_on_its_way(
+    event: str, dropoff_status: str, expected: EventType | None
+) -> None:
+    # Happy Returns' shipments carry no tracking status: the drop-off is the return's carrier scan.
+    body = fixture_json("aftership", "return_dropoff_updated")
+    body["event"] = event
+    body["data"]["dropoffs"][0]["status"] = dropoff_status
+    result = aftership.normalize(raw("aftership", body))
+    assert [(e.type, e.status_raw) for e in result.events] == (
+        [(expected, dropoff_status)] if expected else []
+    )
+    assert (result.unknown_status, result.skipped) == (None, None if expected else Skip.NO_CHANGE)
+
+
+def test_unknown_dropoff_status_is_reported() -> None:
+    body = fixture_json("aftership", "return_dropoff_updated")
+    body["data"]["dropoffs"][0]["status"] = "lost_in_store"
+    result = aftership.normalize(raw("aftership", body))
+    assert (result.unknown_status, result.events) == ("lost_in_store", ())
+
+
+def test_dropoff_lifecycle_announces_in_transit_once() -> None:
+    names = ["return_dropoff_created", "return_dropoff_updated", "return_dropoff_shipment_updated"]
+    state = reduce_events([e for name in names for e in aftership.to_events(raw_fixture("aftership", name))])
+    assert state is not None
+    record = state.returns[DROPOFF_RETURN]
+    assert record.status == "in_transit"
+    assert len(record.repeated_ids) == 1  # the drop-off shipment update says nothing new
+
+
+@pytest.mark.parametrize("tracking", ["InTransit", "Delivered"])
+def test_a_scan_after_the_return_was_resolved_never_reopens_it(tracking: str) -> None:
+    # Merchants that refund on the first scan see the rest of the parcel's journey afterwards.
+    late = copy.deepcopy(fixture_json("aftership", "return_resolved"))
+    late.update(
+        id="9c4b2a1f0e3d4c5b8a7f6e5d4c3b2a19",
+        event="return.shipment.updated",
+        created_at="2024-07-07T08:00:00Z",
+    )
+    late["data"]["shipments"][0]["tracking_status"] = tracking
+    result = aftership.normalize(raw("aftership", late))
+    assert not [e for e in result.events if e.type.is_status]
+    assert [e.type for e in result.events] == [EventType.REFUND_ISSUED, EventType.EXCHANGE_CREATED]
+    assert result.unknown_status is None
+    lifecycle = [e for name in LIFECYCLE for e in aftership.to_events(raw_fixture("aftership", name))]
+    state = reduce_events([*lifecycle, *result.events])
+    assert state is not None and state.returns[RETURN_ID].status == "closed"
+
+
+@pytest.mark.parametrize(
+    ("tracking", "expected"), [("InTransit", None), ("Delivered", EventType.RETURN_RECEIVED)]
+)
+def test_a_scan_after_receipt_does_not_move_the_return_back(
+    tracking: str, expected: EventType | None
+) -> None:
+    body = copy.deepcopy(fixture_json("aftership", "return_received"))
+    body["event"] = "return.shipment.updated"
+    body["data"]["shipments"] = [{"tracking_status": tracking}]
+    result = aftership.normalize(raw("aftership", body))
+    assert [e.type for e in result.events] == ([expected] if expected else [])
+    assert result.skipped is (None if expected else Skip.NO_CHANGE)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "return_shipment_provided",
+        "return_shipments_provided",
+        "return_shipment_recorded",
+        "return_restock_created",
+        "legacy_return_shipment_created",
+        "legacy_return_shipments_created",
+    ],
+)
+def test_label_and_restock_events_change_no_status_but_say_why(name: str) -> None:
+    result = aftership.normalize(raw_fixture("aftership", name))
+    assert (result.events, result.unknown_status, result.skipped) == ((), None, Skip.NO_CHANGE)
+
+
+def test_legacy_lifecycle_moves_forward_by_source_time() -> None:
+    names = [
+        "legacy_return_created",
+        "legacy_return_approved",
+        "legacy_return_shipment_created",
+        "legacy_return_shipments_created",
+        "legacy_return_shipment_updated",
+        "legacy_return_updated",
+    ]
+    events = [e for name in names for e in aftership.to_events(raw_fixture("aftership", name))]
+    assert [e.type for e in events] == [
+        EventType.RETURN_REQUESTED,
+        EventType.RETURN_APPROVED,
+        EventType.RETURN_IN_TRANSIT,
+        EventType.RETURN_IN_TRANSIT,
+    ]
+    state = reduce_events(reversed(events))
+    assert state is not None and state.returns["9e107d9d372bb6826bd81d3542a419d6"].status == "in_transit"
