@@ -239,3 +239,26 @@ def test_gift_card_without_return_or_card_id_still_gets_a_deterministic_id() -> 
 def test_zero_gift_card_webhook_is_skipped() -> None:
     body = _with("giftcard_requested", total_credit_issued="0.00")
     assert loop.normalize(raw("loop", body)).skipped is Skip.NO_CHANGE
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "active"),
+    [
+        ("return_updated_cancelled", "cancelled", False),
+        ("return_updated_expired", "expired", False),
+        ("return_updated_review", "requested", True),  # held for review: open, not yet accepted
+    ],
+)
+def test_return_updated_states_end_or_hold_the_return(name: str, status: str, active: bool) -> None:
+    events = loop.to_events(raw_fixture("loop", name))
+    state = reduce_events(events)
+    assert state is not None
+    (record,) = state.returns.values()
+    assert (record.status, record.active, bool(state.active_returns)) == (status, active, active)
+    # Nothing was processed: a planned refund or gift card is not money that moved.
+    assert not [e for e in events if not e.type.is_status]
+
+
+@pytest.mark.parametrize("name", ["label_requested", "label_created", "label_updated", "label_closed"])
+def test_every_label_trigger_is_skipped_for_want_of_a_customer(name: str) -> None:
+    assert loop.normalize(raw_fixture("loop", name)) == Normalized(skipped=Skip.NO_CUSTOMER)
