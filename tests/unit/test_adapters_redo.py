@@ -154,3 +154,34 @@ def test_unusable_payloads_are_rejected_with_a_reason(body: dict[str, Any], reas
     with pytest.raises(RejectedInput) as caught:
         redo.normalize(raw("redo", body))
     assert caught.value.reason is reason
+
+
+def test_backfill_is_a_snapshot_dated_by_the_return_not_by_the_replay() -> None:
+    backfill = fixture_json("redo", "return_backfill")
+    events = redo.to_events(raw_fixture("redo", "return_backfill"))
+    status = [e for e in events if e.status_raw]
+    assert [(e.type, e.occurred_at.isoformat()) for e in status] == [
+        (EventType.RETURN_CLOSED, "2024-04-15T16:20:00+00:00")
+    ]
+    later = copy.deepcopy(backfill)
+    later["at"] = "2024-06-01T00:00:00Z"  # replayed again, weeks later: the same return
+    assert [e.occurred_at for e in redo.to_events(raw("redo", later))] == [e.occurred_at for e in events]
+
+
+def test_backfill_of_a_return_already_seen_live_counts_nothing_twice() -> None:
+    live = [e for name in LIFECYCLE for e in redo.to_events(raw_fixture("redo", name))]
+    replayed = copy.deepcopy(fixture_json("redo", "return_complete"))
+    replayed["type"] = "backfill"
+    backfill = redo.to_events(raw("redo", replayed))
+    before, after = reduce_events(live), reduce_events([*live, *backfill])
+    assert before is not None and after is not None
+    # Same derived ids, so the money is deduplicated; the status is a repeat, never announced again.
+    assert {e.event_id for e in backfill if not e.status_raw} <= {e.event_id for e in live}
+    assert (after.refund_total, after.store_credit_issued_total, after.exchange_count) == (
+        before.refund_total,
+        before.store_credit_issued_total,
+        before.exchange_count,
+    )
+    assert (after.return_count, after.item_count) == (before.return_count, before.item_count)
+    record = after.returns["664f65d4c5a4ca3eff4b4e43"]
+    assert record.status == "closed" and len(record.repeated_ids) == 1
