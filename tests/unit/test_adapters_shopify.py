@@ -41,12 +41,13 @@ def test_fixture_gives_exactly_the_expected_events(name: str) -> None:
     assert_round_trips(result.events)
 
 
-def test_orders_create_teaches_the_customer_of_the_order() -> None:
-    result = shopify.normalize(raw_fixture("shopify", "orders_create"))
+@pytest.mark.parametrize("name", ["orders_create", "orders_updated"])
+def test_order_webhooks_teach_the_customer_of_the_order(name: str) -> None:
+    result = shopify.normalize(raw_fixture("shopify", name))
     assert result == Normalized(order_customer=shopify.OrderCustomer(ORDER_KEY, SAM))
 
 
-@pytest.mark.parametrize("name", [n for n in fixture_names("shopify") if n != "orders_create"])
+@pytest.mark.parametrize("name", [n for n in fixture_names("shopify") if not n.startswith("orders_")])
 def test_return_webhooks_wait_for_the_order_customer(name: str) -> None:
     result = shopify.normalize(raw_fixture("shopify", name))
     assert result == Normalized(awaiting_order=ORDER_KEY)
@@ -86,6 +87,16 @@ def test_join_gives_the_same_events_whatever_the_arrival_order() -> None:
         outcomes.append(sorted(e.event_id for e in caller.emitted))
     assert all(outcome == outcomes[0] for outcome in outcomes)
     assert len(outcomes[0]) == 5  # request, approve, refund, close, exchange
+
+
+def test_a_return_parked_before_any_order_webhook_is_released_by_orders_updated() -> None:
+    # An app installed after checkout never sees orders/create: the next order edit teaches it.
+    caller = JoiningCaller()
+    for name in ["returns_request", "refunds_create", "orders_updated"]:
+        caller.handle(raw_fixture("shopify", name))
+    assert not caller.parked
+    assert [e.type for e in caller.emitted] == [EventType.RETURN_REQUESTED, EventType.REFUND_ISSUED]
+    assert {e.customer for e in caller.emitted} == {SAM}
 
 
 def test_full_flow_through_the_reducer() -> None:
