@@ -13,7 +13,13 @@ from agents.processes import ChildProcess
 from streams.demo import demo_events
 from streams.events import EventType, ReturnEvent, ReturnItem
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import SandboxThread, assert_klaviyo_matches, expected_klaviyo, wait_until
+from tests.integration.harness import (
+    Expected,
+    SandboxThread,
+    assert_klaviyo_matches,
+    expected_klaviyo,
+    wait_until,
+)
 
 # Grace before a drifted customer is checked again: 4 x the sync batch time, here 12 s. Long
 # enough for live delivery to write a new event inside it, and for a stale repair to show
@@ -57,13 +63,7 @@ def test_scheduled_reconcile_repairs_planted_drift(
 def test_a_customer_changed_during_the_grace_period_is_not_repaired_with_its_sampled_state(
     start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread
 ) -> None:
-    events = demo_events(8, seed=21)
-    worker = start_worker(env=SLOW_GRACE)
-    publish(events)
-    assert_klaviyo_matches(expected_klaviyo(events), sandbox, within=90)
-
-    newer = another_return(events, email := events[0].customer.email)
-    after = expected_klaviyo([*events, newer])
+    worker, email, newer, after = synced_customer_about_to_change(start_worker, publish, sandbox)
     wait_for_a_round_to_end(worker)  # none is in its grace period: the next one samples afresh
     plant_drift(sandbox, email)
     detected = wait_for_request(sandbox, "GET", "/api/profiles", after=datetime.now(UTC),
@@ -83,13 +83,7 @@ def test_a_customer_changed_during_the_grace_period_is_not_repaired_with_its_sam
 def test_a_live_write_that_overtakes_a_repair_is_followed_by_the_newest_state(
     start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread
 ) -> None:
-    events = demo_events(8, seed=21)
-    worker = start_worker(env=SLOW_GRACE)
-    publish(events)
-    assert_klaviyo_matches(expected_klaviyo(events), sandbox, within=90)
-
-    newer = another_return(events, email := events[0].customer.email)
-    after = expected_klaviyo([*events, newer])
+    worker, email, newer, after = synced_customer_about_to_change(start_worker, publish, sandbox)
     # The repair's profile write for this customer (no live write for it is due) is held 8 s.
     fault = sandbox.admin("POST", "faults", json={"endpoint": "/api/profile-import", "method": "POST",
                                                   "email": email, "delay": 8, "count": 1})
@@ -110,6 +104,20 @@ def test_a_live_write_that_overtakes_a_repair_is_followed_by_the_newest_state(
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{reconcile_log(worker)[-3000:]}") from None
     assert_klaviyo_matches(after, sandbox, within=30)
+
+
+def synced_customer_about_to_change(
+    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread
+) -> tuple[ChildProcess, str, ReturnEvent, Expected]:
+    """A worker with a slow reconcile grace, its customers in Klaviyo, and for one of them a
+    new event not yet published, with what Klaviyo must hold once it is."""
+    events = demo_events(8, seed=21)
+    worker = start_worker(env=SLOW_GRACE)
+    publish(events)
+    assert_klaviyo_matches(expected_klaviyo(events), sandbox, within=90)
+    email = events[0].customer.email
+    newer = another_return(events, email)
+    return worker, email, newer, expected_klaviyo([*events, newer])
 
 
 def another_return(events: list[ReturnEvent], email: str) -> ReturnEvent:
