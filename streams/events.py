@@ -98,6 +98,9 @@ class ReturnEvent:
     currency: str | None = None
     items: tuple[ReturnItem, ...] = field(default_factory=tuple)
     new_order_ref: str | None = None
+    backfill: bool = False
+    """History, not news (a platform's backfill, an export): Klaviyo gets it with `backfill:
+    true`, so no flow fires for a return that happened long ago."""
 
     @property
     def customer_key(self) -> str:
@@ -166,6 +169,7 @@ def event_from_dict(obj: Any) -> ReturnEvent:
         currency=currency,
         items=_items(obj.get("items")),
         new_order_ref=_optional_str(obj, "new_order_ref"),
+        backfill=_flag(obj, "backfill"),
     )
 
 
@@ -198,6 +202,8 @@ def event_to_dict(event: ReturnEvent) -> dict[str, Any]:
     out.update(_drop_none(optional))
     if event.items:
         out["items"] = [_item_to_dict(item) for item in event.items]
+    if event.backfill:
+        out["backfill"] = True
     return out
 
 
@@ -308,6 +314,13 @@ def _required_str(obj: Mapping[str, Any], name: str) -> str:
     value = _optional_str(obj, name)
     if not value:
         raise RejectedInput(Reason.MISSING_FIELD, f"{name} is required")
+    return value
+
+
+def _flag(obj: Mapping[str, Any], name: str) -> bool:
+    value = obj.get(name, False)
+    if not isinstance(value, bool):
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} must be true or false")
     return value
 
 

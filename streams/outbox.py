@@ -106,13 +106,13 @@ def timeline_events(record: SyncRecord, config: ProjectionConfig) -> list[Klaviy
     """What one record adds to the customer's Klaviyo timeline.
 
     A repeated status (another snapshot of a return already in it) adds nothing, also when it is
-    redelivered as a duplicate; an out-of-order status is history: on the timeline, but flows must
-    not fire. Other duplicates are sent again: the first send may have been lost in a crash, and
-    Klaviyo drops the copy by unique_id.
+    redelivered as a duplicate; an out-of-order status, a replayed record and a backfilled event
+    are history: on the timeline, but flows must not fire. Other duplicates are sent again: the
+    first send may have been lost in a crash, and Klaviyo drops the copy by unique_id.
     """
     if record.applied is Applied.REPEATED or _was_repeated(record):
         return []
-    backfill = record.backfill or record.applied is Applied.OUT_OF_ORDER
+    backfill = record.backfill or record.event.backfill or record.applied is Applied.OUT_OF_ORDER
     return klaviyo_events(record.event, config, backfill=backfill)
 
 

@@ -7,6 +7,7 @@ refund / exchange the return settled. Item refunds are plans until then, so they
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -103,6 +104,9 @@ def normalize(raw: RawWebhook) -> Normalized:
     events += _gift_cards(ctx, gift_cards, occurred_at)
     if status is EventType.RETURN_CLOSED:
         events += _settled(ctx, lines, occurred_at)
+    if text(body, "type") == "backfill":
+        # Redo replays existing returns when a webhook is set up: history, so no flow may fire.
+        events = [replace(event, backfill=True) for event in events]
     return Normalized(validated(events), unknown_status=unknown)
 
 

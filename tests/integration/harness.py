@@ -90,7 +90,7 @@ def expected_klaviyo(events: Iterable[ReturnEvent], config: ProjectionConfig | N
         states[event.customer_key] = result.state
         if result.applied in (Applied.DUPLICATE, Applied.REPEATED):
             continue  # nothing new on the timeline
-        backfill = result.applied is Applied.OUT_OF_ORDER
+        backfill = event.backfill or result.applied is Applied.OUT_OF_ORDER
         for item in klaviyo_events(event, config, backfill=backfill):
             timeline.add((item.email, item.metric, item.unique_id, item.backfill))
     profiles = {

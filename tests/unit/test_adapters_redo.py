@@ -185,3 +185,10 @@ def test_backfill_of_a_return_already_seen_live_counts_nothing_twice() -> None:
     assert (after.return_count, after.item_count) == (before.return_count, before.item_count)
     record = after.returns["664f65d4c5a4ca3eff4b4e43"]
     assert record.status == "closed" and len(record.repeated_ids) == 1
+
+
+def test_a_backfill_webhook_is_history_and_a_live_one_is_not() -> None:
+    backfilled = redo.to_events(raw_fixture("redo", "return_backfill"))
+    live = redo.to_events(raw_fixture("redo", "return_created"))
+    assert backfilled and all(event.backfill for event in backfilled)
+    assert live and not any(event.backfill for event in live)

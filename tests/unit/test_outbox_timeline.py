@@ -3,9 +3,13 @@ history goes as backfill, and a redelivery decides as the first delivery did."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from streams.events import ReturnEvent
+import pytest
+
+from streams.errors import Reason, RejectedInput
+from streams.events import ReturnEvent, event_from_dict, event_to_dict
 from streams.outbox import SyncRecord, timeline_events
 from streams.projection import ProjectionConfig
 from streams.reducer import Applied, apply_event
@@ -62,3 +66,20 @@ def test_a_replayed_record_goes_as_backfill() -> None:
     replayed = SyncRecord(state, status("requested", "2025-03-10T10:00:00Z", "a"), Applied.APPLIED, AT,
                           backfill=True)
     assert {entry.backfill for entry in timeline_events(replayed, CONFIG)} == {True}
+
+
+def test_a_backfilled_event_goes_as_backfill_and_the_flag_round_trips() -> None:
+    history = event("return.closed", event_id="old", occurred_at="2024-01-10T10:00:00Z", return_id="R9",
+                    customer={"email": "emma@example.com"}, backfill=True)
+    assert event_to_dict(history)["backfill"] is True
+    assert "backfill" not in event_to_dict(replace(history, backfill=False)), "absent when false"
+    assert event_from_dict(event_to_dict(history)) == history
+    result = apply_event(None, history)
+    entries = timeline_events(SyncRecord(result.state, history, result.applied, AT), CONFIG)
+    assert [(entry.metric, entry.backfill) for entry in entries] == [("Return Closed", True)]
+
+
+def test_backfill_must_be_a_boolean() -> None:
+    with pytest.raises(RejectedInput) as rejected:
+        event("return.closed", backfill="yes")
+    assert rejected.value.reason is Reason.INVALID_FIELD
