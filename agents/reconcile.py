@@ -29,7 +29,6 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
@@ -37,7 +36,7 @@ from agents.app import sync_topic_name
 from agents.klaviyo.bodies import profile_import_body
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.client import KlaviyoError, KlaviyoRejected
-from agents.klaviyo.highwater import JOB_PREFIX
+from agents.klaviyo.highwater import decode_record
 from agents.klaviyo.versions import Floor, MemoryVersions
 from agents.replay import Selection, _capture_ends, open_consumer, rate_limited, scan, share
 from agents.settings import Settings
@@ -290,15 +289,14 @@ async def read_floors(bootstrap_servers: str, topic: str, keys: Sequence[str]) -
 
 
 def _apply_floor(floors: MemoryVersions, wanted: set[str], key: bytes | None, value: bytes | None) -> None:
-    """One record of the versions topic, in highwater.py's format."""
-    if key is None or value is None:
+    record = decode_record(key, value)
+    if record is None:
         return
-    text = key.decode()
-    if text.startswith(JOB_PREFIX):
-        floors.mark_complete(text[len(JOB_PREFIX):])
-    elif text in wanted:
-        data = orjson.loads(value)
-        floors.mark(text, Floor(int(data["v"]), data.get("job")))
+    name, floor = record
+    if floor is None:
+        floors.mark_complete(name)  # a finished bulk job
+    elif name in wanted:
+        floors.mark(name, floor)
 
 
 async def report_drift(

@@ -102,16 +102,15 @@ class KafkaVersions(MemoryVersions):
             self._complete -= self._jobs_by_partition.pop(partition, set())
 
     def _apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
-        if key is None or value is None:
+        record = decode_record(key, value)
+        if record is None:
             return
-        text = key.decode()
-        if text.startswith(JOB_PREFIX):
-            job_id = text[len(JOB_PREFIX):]
-            self.mark_complete(job_id)
-            self._jobs_by_partition.setdefault(partition, set()).add(job_id)
-            return
-        data = orjson.loads(value)
-        self.mark(text, Floor(int(data["v"]), data.get("job")))
+        customer_key, floor = record
+        if floor is None:
+            self.mark_complete(customer_key)
+            self._jobs_by_partition.setdefault(partition, set()).add(customer_key)
+        else:
+            self.mark(customer_key, floor)
 
     async def _ensure_topic(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, request_timeout_ms=10000)
@@ -125,3 +124,16 @@ class KafkaVersions(MemoryVersions):
                 await admin.create_topics([topic])
         finally:
             await admin.close()
+
+
+def decode_record(key: bytes | None, value: bytes | None) -> tuple[str, Floor | None] | None:
+    """One record of the versions topic: (customer key, its floor), or (job id, None) for a bulk
+    job known to be finished; None for a record without key or value."""
+    if key is None or value is None:
+        return None
+    text = key.decode()
+    if text.startswith(JOB_PREFIX):
+        return text[len(JOB_PREFIX):], None
+    data = orjson.loads(value)
+    return text, Floor(int(data["v"]), data.get("job"))
+
