@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Iterable
@@ -41,7 +42,12 @@ PIPELINE_DEPTH = 4
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Revoked: stop sending, let accepted bulk jobs finish (bounded), commit what settled.
-    Assigned: load the partitions' version floors before anything is delivered."""
+    Assigned: load the partitions' version floors before anything is delivered.
+
+    aiokafka hands the new partitions to the fetcher before it calls `on_partitions_assigned`,
+    so getmany can return their records while the floors are still loading; `floors_loaded`
+    holds delivery back until they are in (a fresh worker has none in memory, and a stale
+    snapshot admitted then would overwrite a newer profile)."""
 
     def __init__(
         self, delivery: Delivery, pipeline: Pipeline, versions: KafkaVersions, fence_seconds: float,
@@ -54,9 +60,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.lag = lag
         self.inflight: asyncio.Task[Any] | None = None
         self.generation = 0
+        self.floors_loaded = asyncio.Event()
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self.generation += 1
+        self.floors_loaded.clear()
         task = self.inflight
         if task is not None and not task.done():
             task.cancel()
@@ -72,7 +80,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
         self.lag.assigned(((tp.topic, tp.partition) for tp in assigned), time.time())
-        await self.versions.load(tp.partition for tp in assigned)
+        for attempt in itertools.count(1):
+            try:
+                await self.versions.load(tp.partition for tp in assigned)
+                break
+            except Exception as exc:  # delivering without floors could write stale state: wait
+                log.warning("version floors not loaded (attempt %d, retrying): %r", attempt, exc)
+                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+        self.floors_loaded.set()
 
 
 def register(runtime: Runtime) -> None:
@@ -142,6 +157,7 @@ async def _deliver_next_batch(
     if not messages:
         return
     records = await _decode(messages, runtime)
+    await listener.floors_loaded.wait()
     if listener.generation != generation:
         return  # revoked meanwhile: these partitions may be another worker's now
     listener.inflight = asyncio.ensure_future(delivery.submit(records))
