@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import pytest
@@ -124,8 +125,12 @@ def test_a_new_worker_writes_nothing_before_its_version_floors_are_loaded(
     # The stale record's timeline events still go (facts, deduplicated by unique_id) and create
     # its profile; the stale state must not have been written onto it.
     emails = {record.customer_key.split("/", 1)[1] for record in (stale, fresh)}
-    profiles = wait_until(lambda: (found := sandbox.profiles()).keys() >= emails and found, within=90,
-                          what="both records delivered")
+
+    def delivered() -> dict[str, dict[str, Any]] | None:
+        found = sandbox.profiles()
+        return found if found.keys() >= emails else None
+
+    profiles = wait_until(delivered, within=90, what="both records delivered")
     assert profiles[fresh.customer_key.split("/", 1)[1]]["properties"].get("returns_count")
     written = profiles[stale.customer_key.split("/", 1)[1]]["properties"]
     assert not [name for name in written if name.startswith("returns_")], written
