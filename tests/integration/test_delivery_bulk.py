@@ -97,8 +97,8 @@ def test_no_request_ever_targets_consent_after_bulk_and_single_runs(
     assert {r["account"] for r in log} == {"default"}
 
 
-# Known bug, not timing alone: one profile has been seen left at an older state (README, Known
-# issues); reruns keep it visible in the report while it is open.
+# Once seen leaving one profile at an older state, not since (README, Known issues); reruns keep
+# a recurrence visible in the report.
 @pytest.mark.flaky(reruns=2)
 @pytest.mark.parametrize("sandbox", [{"rate_limit_scale": 0.2}], indirect=True)
 def test_scaled_real_rate_limits_are_kept_before_any_429(
