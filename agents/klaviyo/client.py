@@ -153,7 +153,7 @@ class KlaviyoClient:
         try:
             while True:
                 if not probing:
-                    await self.auth.wait_open()
+                    probing = await self.auth.wait_open()
                 async with self._sending(endpoint):
                     # Paused while this one queued for a slot or a token: back to waiting.
                     paused = self.auth.paused and not probing

@@ -9,6 +9,11 @@ bulk requests per account from its rate budget (plan.py) and send them concurren
 applies later; the future it returns completes when those jobs have finished and their import
 errors are dead-lettered. A permanent rejection dead-letters only the refused items (bulk
 requests are split until the culprit stands alone); 401/403 pause the account in the client.
+
+A paused account holds up only itself: `submit` returns once every other account of the batch
+has its answers, and the paused account's part joins the settling future (the batch is committed
+after the account caught up). The account's parts of later batches run after it, in order, so a
+newer write of a customer never overtakes an older one waiting out the pause.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class Delivery:
         # Bulk imports between "Klaviyo accepted" and "job id recorded": a cancelled batch must
         # not leave a job running that no floor knows about, so these run to the end (shielded).
         self._recording_jobs: set[asyncio.Future[str]] = set()
+        # Each account's part of the latest batch, while it runs: the next batch's part waits for it.
+        self._latest: dict[Channel, asyncio.Future[None]] = {}
 
     async def deliver(self, records: Sequence[SyncRecord]) -> None:
         await (await self.submit(records))
@@ -73,23 +80,32 @@ class Delivery:
     async def submit(self, records: Sequence[SyncRecord]) -> asyncio.Future[None]:
         metrics.SYNC_BACKLOG.inc(len(records))
         settling: list[asyncio.Future[None]] = []
+        sending: dict[Channel, asyncio.Future[None]] = {}
         try:
             groups: dict[Channel, list[CustomerDelivery]] = {}
             for delivery in coalesce(records, self.config):
                 groups.setdefault(self.channels.for_tenant(delivery.tenant), []).append(delivery)
-            await asyncio.gather(*(self._send_account(ch, group, settling) for ch, group in groups.items()))
+            for channel, group in groups.items():
+                sending[channel] = self._send_in_order(channel, group, settling)
+            await _sent_or_paused(sending)
         except BaseException:
-            for task in settling:
+            for task in [*sending.values(), *settling]:
                 task.cancel()
             metrics.SYNC_BACKLOG.dec(len(records))
             raise
+        # Paused accounts: their part settles with the batch, once the key works again.
+        settling.extend(task for task in sending.values() if not task.done())
         finished = asyncio.ensure_future(self._finish(records, settling))
         # A callback, not a finally: a batch dropped on revocation may be cancelled before it runs.
         finished.add_done_callback(lambda _: metrics.SYNC_BACKLOG.dec(len(records)))
         return finished
 
     async def _finish(self, records: Sequence[SyncRecord], settling: list[asyncio.Future[None]]) -> None:
-        await asyncio.gather(*settling)
+        # A paused account's part still adds its bulk jobs here once it is sent.
+        waited = 0
+        while waited < len(settling):
+            waited = len(settling)
+            await asyncio.gather(*settling)
         now = datetime.now(UTC)
         for record in records:
             metrics.EVENTS_DELIVERED.labels(record.event.source, record.event.type.value).inc()
@@ -97,6 +113,26 @@ class Delivery:
                 max(0.0, (now - record.event.occurred_at).total_seconds()))
             metrics.SYNC_LATENCY_SECONDS.labels("ingested").observe(
                 max(0.0, (now - record.ingested_at).total_seconds()))
+
+    def _send_in_order(
+        self, channel: Channel, deliveries: list[CustomerDelivery], settling: list[asyncio.Future[None]]
+    ) -> asyncio.Future[None]:
+        before = self._latest.get(channel)
+
+        async def send() -> None:
+            if before is not None and not before.done():
+                await asyncio.wait([before])  # its outcome belongs to its own batch
+            await self._send_account(channel, deliveries, settling)
+
+        task = asyncio.ensure_future(send())
+        self._latest[channel] = task
+
+        def forget(done: asyncio.Future[None]) -> None:
+            if self._latest.get(channel) is done:
+                del self._latest[channel]
+
+        task.add_done_callback(forget)
+        return task
 
     async def _send_account(
         self, channel: Channel, deliveries: list[CustomerDelivery], settling: list[asyncio.Future[None]]
@@ -266,3 +302,22 @@ class Delivery:
                     exc.status, customer_ref(customer_key), exc.detail)
         metrics.DEADLETTERS.labels(Stage.SYNC.value, Reason.KLAVIYO_REJECTED.value).inc()
         await self.dead_letters(customer_key, rejections.rejected_record(exc, request, errors))
+
+
+async def _sent_or_paused(sending: dict[Channel, asyncio.Future[None]]) -> None:
+    """Until every account's part is done or waits out an auth pause; the first failure raises."""
+    while True:
+        for task in sending.values():
+            error = task.exception() if task.done() and not task.cancelled() else None
+            if error is not None:
+                raise error
+        running = {channel: task for channel, task in sending.items()
+                   if not task.done() and not channel.client.auth.paused}
+        if not running:
+            return
+        pauses = [asyncio.ensure_future(channel.client.auth.wait_closed()) for channel in running]
+        try:
+            await asyncio.wait([*running.values(), *pauses], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pause in pauses:
+                pause.cancel()

@@ -2,8 +2,10 @@
 
 A batch is committed once all of it is settled, bulk profile jobs included. Bulk jobs take
 Klaviyo seconds or more, so the consumer does not wait for them: it sends the next batches
-meanwhile, up to `depth` unsettled ones, which bounds memory (depth x batch size records) and
-the redelivery after a crash. Offsets only move past a batch once every batch before it settled.
+meanwhile, up to `depth` unsettled ones, which bounds memory (depth x batch size records).
+Offsets only move past a batch once every batch before it settled. Settled batches behind an
+unsettled one (an account waiting out an auth pause holds its batch) keep only their offsets and
+do not count against `depth`, up to `HELD_MAX`, which bounds the redelivery after a crash.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiokafka import TopicPartition
 log = logging.getLogger(__name__)
 
 Commit = Callable[[dict[TopicPartition, int]], Awaitable[None]]
+HELD_MAX = 256  # batches not yet committed, settled or not
 
 
 @dataclass
@@ -41,14 +44,17 @@ class Pipeline:
 
     @property
     def full(self) -> bool:
-        return len(self._batches) >= self.depth
+        unsettled = sum(1 for batch in self._batches if not batch.settled.done())
+        return unsettled >= self.depth or len(self._batches) >= max(self.depth, HELD_MAX)
 
     def add(self, offsets: dict[TopicPartition, int], settled: asyncio.Future[None]) -> None:
         self._batches.append(_Batch(offsets, settled))
 
     async def wait_head(self) -> None:
-        if self._batches:
-            await asyncio.wait([self._batches[0].settled])
+        """Until the oldest batch, or any other unsettled one (which may make room), settles."""
+        pending = [batch.settled for batch in self._batches if not batch.settled.done()]
+        if pending:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
     async def commit_settled(self) -> None:
         """Commit the settled prefix. A batch that failed (a bug, not Klaviyo) re-raises here."""
