@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from faust.exceptions import SameNode
+from faust.exceptions import ConsumerNotStarted, SameNode
 from faust.web import View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,7 +23,10 @@ def is_ready(runtime: Runtime) -> bool:
     """Partitions assigned and every table recovered: the worker is processing, not catching up."""
     app = runtime.app
     recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-    assigned = bool(app.consumer.assignment()) if app.consumer else False
+    try:
+        assigned = bool(app.consumer.assignment()) if app.consumer else False
+    except ConsumerNotStarted:  # the web server listens before the consumer thread has started
+        return False
     return assigned and not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
 
 
