@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -27,6 +27,7 @@ from streams.state import CustomerState, state_from_dict, state_to_dict
 log = logging.getLogger(__name__)
 
 
+@lru_cache(maxsize=65_536)  # murmur2 is pure Python; a customer's events repeat its key
 def expected_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2) puts this key in."""
     partition: int = (murmur2(key) & 0x7FFFFFFF) % partitions
@@ -80,9 +81,27 @@ def sync_record_bytes(state: bytes, event: bytes, applied: Applied, ingested_at:
     return b'{"state":' + state + b',"event":' + event + b"," + tail[1:]
 
 
+class LabelledCounters:
+    """The children of a labelled counter, looked up once per label set (bounded sets here)."""
+
+    def __init__(self, counter: Any) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def inc(self, first: str, second: str) -> None:
+        child = self._children.get((first, second))
+        if child is None:
+            child = self._children[(first, second)] = self._counter.labels(first, second)
+        child.inc()
+
+
 def register(runtime: Runtime) -> None:
     app, table, settings = runtime.app, runtime.table, runtime.settings
     states = DecodedStates()
+    ingested = LabelledCounters(metrics.EVENTS_INGESTED)
+    processed = LabelledCounters(metrics.EVENTS_PROCESSED)
+    partitions = settings.partitions
+    sync_topic = runtime.sync_topic_name
 
     async def dead(stage: Stage, reason: Reason, error: str, message: Any) -> None:
         metrics.DEADLETTERS.labels(stage.value, reason.value).inc()
@@ -101,15 +120,16 @@ def register(runtime: Runtime) -> None:
             return
         key = event.customer_key.encode()
         # Never trust the producer's key: one customer's state must live in one partition.
-        if message.key != key or message.partition != expected_partition(key, settings.partitions):
+        partition = message.partition
+        if message.key != key or partition != expected_partition(key, partitions):
             metrics.EVENTS_REKEYED.inc()
             await runtime.rekey.send(key=key, value=message.value)
             return
-        metrics.EVENTS_INGESTED.labels(event.source, event.type.value).inc()
+        ingested.inc(event.source, event.type.value)
         stored = table.get(key)
         before = states.get(key, stored)
         result = apply_event(before, event)
-        metrics.EVENTS_PROCESSED.labels(event.type.value, result.applied.value).inc()
+        processed.inc(event.type.value, result.applied.value)
         if result.applied is Applied.DUPLICATE:
             state_bytes = stored if stored is not None else dump_state(result.state)
         else:
@@ -120,12 +140,23 @@ def register(runtime: Runtime) -> None:
         # Re-sent for duplicates too: if a crash fell between the table write and this send, the
         # redelivered event is the only chance to deliver it; Klaviyo dedupes by unique_id.
         record = sync_record_bytes(state_bytes, message.value, result.applied, _ingested_at(message))
-        await runtime.sync.send(key=key, value=record)
-        log.debug("applied event=%s customer=%s result=%s", event.event_id,
-                  customer_ref(event.customer_key), result.applied.value)
+        # Straight to the producer (Topic.send's wrapping costs more than the write itself), to
+        # the partition the default partitioner gives this key: it is the one just checked (the
+        # sync topic has settings.partitions too). Awaited: the record is in the producer before
+        # this event is acknowledged, and Faust flushes the producer before it commits offsets.
+        await producer.send(sync_topic, key, record, partition, None, None)
+        if log.isEnabledFor(logging.DEBUG):  # customer_ref hashes: only when it is logged
+            log.debug("applied event=%s customer=%s result=%s", event.event_id,
+                      customer_ref(event.customer_key), result.applied.value)
+
+    producer: Any = None
 
     @app.agent(runtime.events, name="state")
-    async def state(stream: Any) -> AsyncIterator[None]:
+    async def state(stream: Any) -> None:
+        # Does not yield: the agent has no sinks, and a yielding agent costs Faust a per-event
+        # slurp step. The event is still acknowledged only when the loop asks for the next one.
+        nonlocal producer
+        producer = await app.maybe_start_producer()
         async for item in stream.events():
             try:
                 await process(item.message)
@@ -133,7 +164,6 @@ def register(runtime: Runtime) -> None:
                 log.exception("state agent failed on offset=%s", item.message.offset)
                 await dead(Stage.STATE, Reason.PROCESSING_ERROR, repr(exc), item.message)
             runtime.progress.record(item.message)
-            yield None
 
     @app.timer(interval=15.0)  # type: ignore[untyped-decorator]
     async def recount_active() -> None:
