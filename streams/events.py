@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from streams.errors import Reason, RejectedInput
@@ -241,6 +242,7 @@ def parse_time(value: Any, name: str) -> datetime:
         raise RejectedInput(Reason.INVALID_FIELD, f"{name} is out of range") from None
 
 
+@lru_cache(maxsize=32_768)  # a state re-encodes the same stamps on every event of its customer
 def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

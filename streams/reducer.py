@@ -85,15 +85,16 @@ def _status_changed(state: CustomerState, event: ReturnEvent) -> tuple[CustomerS
     was_counted = record.counted
     repeated = record.status == status
     opened_at = event.occurred_at if record.opened_at is None else min(record.opened_at, event.occurred_at)
-    record = replace(record, opened_at=opened_at, fact_ids=record.fact_ids | {event.event_id})
+    # One replace per value, not one per change: a frozen dataclass costs a full __init__ each.
+    changes: dict[str, Any] = {"opened_at": opened_at, "fact_ids": record.fact_ids | {event.event_id}}
     if newer:
-        record = replace(record, status=status, status_version=version)
+        changes.update(status=status, status_version=version)
     if repeated:
-        record = replace(record, repeated_ids=record.repeated_ids | {event.event_id})
-    record = _with_outcome(_with_details(record, event), event.outcome)
+        changes["repeated_ids"] = record.repeated_ids | {event.event_id}
+    record = _with_outcome(_with_details(replace(record, **changes), event), event.outcome)
     first = opened_at if state.first_return_at is None else min(state.first_return_at, opened_at)
-    state = replace(
-        _with_record(state, record, state.returns.get(event.return_id)),
+    state = _with_record(
+        state, record, state.returns.get(event.return_id),
         return_count=state.return_count + (0 if was_counted else 1),
         first_return_at=first,
     )
@@ -203,12 +204,13 @@ def _newer_fields(
 
 
 def _with_record(
-    state: CustomerState, record: ReturnRecord, previous: ReturnRecord | None
+    state: CustomerState, record: ReturnRecord, previous: ReturnRecord | None, **changes: Any
 ) -> CustomerState:
+    """`state` with `record` in place of `previous`, and any other `changes` in the same copy."""
     old_items = previous.item_count if previous is not None and previous.counted else 0
     new_items = record.item_count if record.counted else 0
     returns = {**state.returns, record.return_id: record}
-    return replace(state, returns=returns, item_count=state.item_count + new_items - old_items)
+    return replace(state, returns=returns, item_count=state.item_count + new_items - old_items, **changes)
 
 
 def _identity(identity: Identity, event: ReturnEvent) -> Identity:
