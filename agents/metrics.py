@@ -222,3 +222,18 @@ def preinitialise() -> None:
     for stage, reasons in DEADLETTER_REASONS.items():
         for reason in reasons:
             DEADLETTERS.labels(stage.value, reason.value)
+
+
+class LabelledCounters:
+    """A two-label counter's children, looked up once per label set: `labels()` costs a lock and
+    a dict walk, paid per event on the state agent's path (the label sets are small and fixed)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, str], Counter] = {}
+
+    def inc(self, first: str, second: str) -> None:
+        child = self._children.get((first, second))
+        if child is None:
+            child = self._children[(first, second)] = self._counter.labels(first, second)
+        child.inc()

@@ -81,25 +81,11 @@ def sync_record_bytes(state: bytes, event: bytes, applied: Applied, ingested_at:
     return b'{"state":' + state + b',"event":' + event + b"," + tail[1:]
 
 
-class LabelledCounters:
-    """The children of a labelled counter, looked up once per label set (bounded sets here)."""
-
-    def __init__(self, counter: Any) -> None:
-        self._counter = counter
-        self._children: dict[tuple[str, str], Any] = {}
-
-    def inc(self, first: str, second: str) -> None:
-        child = self._children.get((first, second))
-        if child is None:
-            child = self._children[(first, second)] = self._counter.labels(first, second)
-        child.inc()
-
-
 def register(runtime: Runtime) -> None:
     app, table, settings = runtime.app, runtime.table, runtime.settings
     states = DecodedStates()
-    ingested = LabelledCounters(metrics.EVENTS_INGESTED)
-    processed = LabelledCounters(metrics.EVENTS_PROCESSED)
+    ingested = metrics.LabelledCounters(metrics.EVENTS_INGESTED)
+    processed = metrics.LabelledCounters(metrics.EVENTS_PROCESSED)
     partitions = settings.partitions
     sync_topic = runtime.sync_topic_name
 
