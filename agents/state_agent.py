@@ -88,6 +88,7 @@ def register(runtime: Runtime) -> None:
     processed = metrics.LabelledCounters(metrics.EVENTS_PROCESSED)
     partitions = settings.partitions
     sync_topic = runtime.sync_topic_name
+    producer: Any = None  # Faust's producer, once the agent has started it
 
     async def dead(stage: Stage, reason: Reason, error: str, message: Any) -> None:
         metrics.DEADLETTERS.labels(stage.value, reason.value).inc()
@@ -134,8 +135,6 @@ def register(runtime: Runtime) -> None:
         if log.isEnabledFor(logging.DEBUG):  # customer_ref hashes: only when it is logged
             log.debug("applied event=%s customer=%s result=%s", event.event_id,
                       customer_ref(event.customer_key), result.applied.value)
-
-    producer: Any = None
 
     @app.agent(runtime.events, name="state")
     async def state(stream: Any) -> None:

@@ -104,8 +104,9 @@ def sync_dead_letters(
 
 def metric_value(worker: Any, name: str, labels: str) -> float | None:
     text = httpx.get(f"{worker.web_url}/metrics", timeout=10).text
+    sample = f"{name}{{{labels}}} " if labels else f"{name} "
     for line in text.splitlines():
-        if line.startswith(f"{name}{{{labels}}} "):
+        if line.startswith(sample):
             return float(line.rsplit(" ", 1)[1])
     return None
 

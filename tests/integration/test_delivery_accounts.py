@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
@@ -36,13 +35,6 @@ def sandbox() -> Iterator[SandboxThread]:
 def account_profiles(sandbox: SandboxThread, account: str) -> dict[str, dict[str, Any]]:
     found = sandbox.admin("GET", "profiles", params={"account": account})
     return {profile["email"]: profile["properties"] for profile in found}
-
-
-def backlog(worker: Any) -> float:
-    """Sync records the worker took from Kafka and has not delivered yet."""
-    text = httpx.get(f"{worker.web_url}/metrics", timeout=10).text
-    return next(float(line.split()[1]) for line in text.splitlines()
-                if line.startswith("returnsync_sync_backlog "))
 
 
 def test_each_tenant_reaches_its_own_account_and_a_401_pauses_only_that_one(
@@ -81,7 +73,8 @@ def test_each_tenant_reaches_its_own_account_and_a_401_pauses_only_that_one(
 
     # The rest of acme's backlog arrives while paused: it waits, it is neither sent nor dropped.
     publish(by_account["acme"][1:])
-    wait_until(lambda: backlog(worker) > 1, within=30, what="acme's backlog to reach the worker")
+    wait_until(lambda: (metric_value(worker, "returnsync_sync_backlog", "") or 0) > 1, within=30,
+               what="acme's backlog to reach the worker")
     seen = len(acme_requests())
     wait_until(lambda: len(acme_requests()) >= seen + 2, within=30, what="acme to be probed")
     # Every acme record was published after the pause began, so nothing but 401s reached acme.

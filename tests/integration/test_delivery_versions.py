@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
+from agents.broker import ensure_topics
 from streams.demo import demo_events
 from streams.events import EventType, ReturnEvent
 from streams.outbox import SyncRecord, encode_sync_record
@@ -85,18 +85,6 @@ def test_stale_snapshot_from_a_zombie_never_overwrites_even_after_a_restart(
     converged(expected_klaviyo([*events, first, second]), sandbox, within=90)
 
 
-def create_topics(bootstrap_servers: str, *names: str) -> None:
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(name, PARTITIONS, 1) for name in names])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
-
-
 def floor_record(customer_key: str, version: int) -> tuple[bytes, bytes]:
     return customer_key.encode(), orjson.dumps({"v": version, "job": None})
 
@@ -114,7 +102,7 @@ def test_a_new_worker_writes_nothing_before_its_version_floors_are_loaded(
     newest = {record.customer_key: record for record in records}
     fresh = next(record for key, record in newest.items()
                  if key != stale.customer_key and partition(key) == partition(stale.customer_key))
-    create_topics(bootstrap_servers, prefix + SYNC_TOPIC, prefix + VERSIONS_TOPIC)
+    asyncio.run(ensure_topics(bootstrap_servers, [prefix + SYNC_TOPIC, prefix + VERSIONS_TOPIC], PARTITIONS))
     filler = [floor_record(f"default/filler-{n}@returnsync-demo.com", 1) for n in range(200_000)]
     publish(raw=[*filler, floor_record(stale.customer_key, newest[stale.customer_key].state.version)],
             topic=VERSIONS_TOPIC)
