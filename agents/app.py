@@ -12,10 +12,12 @@ from typing import Any
 import faust
 
 from agents import faust_fixes, metrics
+from agents.kafka import KafkaConnection
 from agents.lag import Progress
 from agents.settings import Settings
+from agents.topic_plan import STATE_TABLE, rekey_topic, shopify_join_topic, sync_topic
 
-TABLE_NAME = "customer_returns"
+TABLE_NAME = STATE_TABLE
 
 
 @dataclass
@@ -24,7 +26,7 @@ class Runtime:
 
     settings: Settings
     app: faust.App
-    bootstrap_servers: str
+    kafka: KafkaConnection
     events: Any  # faust TopicT for returns.events plus the re-key topic
     rekey: Any
     sync: Any
@@ -35,34 +37,19 @@ class Runtime:
 
     @property
     def rekey_topic_name(self) -> str:
-        return rekey_topic_name(self.settings)
+        return rekey_topic(self.settings)
 
     @property
     def sync_topic_name(self) -> str:
-        return sync_topic_name(self.settings)
+        return sync_topic(self.settings)
 
 
-def rekey_topic_name(settings: Settings) -> str:
-    # Faust's naming for repartition topics: "<app id>-<topic>-<key>-repartition".
-    return f"{settings.app_id}-{settings.topics.events}-customer_key-repartition"
-
-
-def sync_topic_name(settings: Settings) -> str:
-    return f"{settings.app_id}-klaviyo-sync"
-
-
-def owned_topics(settings: Settings) -> list[str]:
-    """Topics created before the worker starts, all with the configured partition count."""
-    topics = settings.topics
-    return [topics.raw, topics.events, topics.deadletter, rekey_topic_name(settings),
-            sync_topic_name(settings)]
-
-
-def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
+def build_app(settings: Settings, kafka: KafkaConnection, *, broker_is_tansu: bool = False) -> Runtime:
+    """`broker_is_tansu`: apply the embedded broker's workarounds (agents/faust_fixes.py)."""
     session = settings.session_timeout
     app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{server.strip()}" for server in bootstrap_servers.split(",")],
+        **kafka.faust_options(),
         store=settings.store,
         datadir=str(settings.data_dir),
         autodiscover=False,
@@ -84,7 +71,7 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
         web_host=settings.web_advertised_host,
         canonical_url=settings.canonical_url,
     )
-    faust_fixes.apply(app, bootstrap_servers)
+    faust_fixes.apply(app, kafka if broker_is_tansu else None)
     topics = settings.topics
 
     def topic(*names: str, internal: bool = False) -> Any:
@@ -99,10 +86,10 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
     runtime = Runtime(
         settings=settings,
         app=app,
-        bootstrap_servers=bootstrap_servers,
-        events=topic(topics.events, rekey_topic_name(settings)),
-        rekey=topic(rekey_topic_name(settings), internal=True),
-        sync=topic(sync_topic_name(settings), internal=True),
+        kafka=kafka,
+        events=topic(topics.events, rekey_topic(settings)),
+        rekey=topic(rekey_topic(settings), internal=True),
+        sync=topic(sync_topic(settings), internal=True),
         deadletter=topic(topics.deadletter),
         raw=topic(topics.raw),
         table=app.Table(
@@ -126,7 +113,6 @@ def build_app(settings: Settings, bootstrap_servers: str) -> Runtime:
     normalize_agent.register(runtime)
     # Every topic a Faust agent consumes and records progress for: state (events, re-key) and
     # normalize (raw, Shopify join). The sync topic is measured by its own consumer.
-    lag.register(runtime, {topics.events, rekey_topic_name(settings), topics.raw,
-                           normalize_agent.join_topic_name(settings)})
+    lag.register(runtime, {topics.events, rekey_topic(settings), topics.raw, shopify_join_topic(settings)})
     reconcile_task.register(runtime)
     return runtime

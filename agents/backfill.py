@@ -97,7 +97,6 @@ async def publish_file(
         print(f"{len(problems)} bad lines: nothing published", file=sys.stderr)
         return 1
     topic = settings.topics.events if source == "canonical" else settings.topics.raw
-    assert settings.kafka_bootstrap_servers is not None
-    sent = await publish_records(settings.kafka_bootstrap_servers, topic, records, progress=True)
+    sent = await publish_records(settings.kafka(), topic, records, progress=True)
     print(f"published {sent} records to {topic}", file=sys.stderr)
     return 0

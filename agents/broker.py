@@ -20,10 +20,13 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from agents.kafka import KafkaConnection, admin_client
 
 log = logging.getLogger(__name__)
+TANSU_CLUSTER_ID = "tansu_cluster"
 
 
 class BrokerError(RuntimeError):
@@ -110,31 +113,13 @@ async def wait_until_ready(bootstrap_servers: str, within: float) -> None:
     raise BrokerError(f"broker at {bootstrap_servers} not ready after {within:.0f}s: {last_error}")
 
 
-async def ensure_topics(
-    bootstrap_servers: str, names: list[str], partitions: int, replication_factor: int = 1
-) -> None:
-    """Create the topics returnsync owns, with the partition count state is keyed by."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [name for name in names if name not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(name, partitions, replication_factor) for name in missing]
-                )
-        present = [name for name in names if name in existing]
-        for topic in await admin.describe_topics(present) if present else []:
-            count = len(topic["partitions"])
-            if count != partitions:
-                # State is partitioned by customer key: a different count would split customers.
-                raise BrokerError(
-                    f"topic {topic['topic']} has {count} partitions but RETURNSYNC_PARTITIONS="
-                    f"{partitions}; set RETURNSYNC_PARTITIONS={count} or recreate the topic"
-                )
-    finally:
-        await admin.close()
+async def runs_tansu(kafka: KafkaConnection) -> bool:
+    """Whether the cluster is a Tansu broker (the embedded one), whose ListOffsets answers a
+    batch short: only then do the recovery and end-offset workarounds run (agents/faust_fixes.py).
+    Tansu reports its default cluster id; Apache Kafka and the managed services a random one."""
+    async with admin_client(kafka) as admin:
+        cluster = await admin.describe_cluster()
+    return bool(cluster.get("cluster_id") == TANSU_CLUSTER_ID)
 
 
 @contextlib.contextmanager
@@ -164,7 +149,7 @@ def partition_ends(listed: Mapping[Any, int | None], fetched: Mapping[Any, int |
     return ends
 
 
-async def fetched_ends(bootstrap_servers: str, listed: Mapping[Any, int]) -> dict[Any, int]:
+async def fetched_ends(kafka: KafkaConnection, listed: Mapping[Any, int]) -> dict[Any, int]:
     """The end of each partition as a fetch sees it, given the ends ListOffsets listed.
 
     One small fetch at the listed end - 1 per non-empty partition returns the exact highwater
@@ -175,7 +160,7 @@ async def fetched_ends(bootstrap_servers: str, listed: Mapping[Any, int]) -> dic
     if not probed:
         return ends
     partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in probed}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False,
                                 max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=100)
     await consumer.start()
     try:

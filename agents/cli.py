@@ -1,4 +1,4 @@
-"""`returnsync` command line: worker, dev, sandbox, publish, replay, reconcile."""
+"""`returnsync` command line: worker, dev, sandbox, publish, replay, reconcile, topics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from agents.kafka import KafkaUnreachable, check_reachable
 from agents.settings import Settings, SettingsError
+from agents.topic_admin import TopicPlanError
 
 DEFAULT_SANDBOX_KEY = "sandbox-key"
 
@@ -40,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                          help="a header for every platform payload (X-Shopify-Topic, X-Returnsync-Tenant)")
 
+    topics = commands.add_parser("topics", help="print the topic plan; check or create it on the cluster")
+    topics.add_argument("--check", action="store_true",
+                        help="compare with the cluster; exit 1 on any mismatch")
+    topics.add_argument("--create", action="store_true", help="create missing topics as planned, then check")
+    topics.add_argument("--json", action="store_true", help="machine-readable output")
+
     from agents import reconcile, replay
 
     replay.add_arguments(commands.add_parser("replay", help="rebuild Klaviyo from returns.events"))
@@ -55,8 +63,20 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    try:
+        return _run(args, settings)
+    except (KafkaUnreachable, TopicPlanError) as exc:
+        print(f"returnsync {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
         return _worker(settings)
+    if args.command == "topics":
+        from agents.topics_command import run_topics
+
+        return run_topics(settings, check=args.check, create=args.create, as_json=args.json)
     if args.command == "dev":
         from agents.devstack import run_dev
 
@@ -68,17 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         key = settings.klaviyo_api_key or DEFAULT_SANDBOX_KEY
         serve(args.host, args.port, {key: "default"}, args.rate_limit_scale)
         return 0
-    if args.command == "publish":
-        from agents.backfill import publish_file
-
-        if not settings.kafka_bootstrap_servers:
-            print("KAFKA_BOOTSTRAP_SERVERS is required for publish", file=sys.stderr)
-            return 2
-        return asyncio.run(publish_file(settings, args.file, args.source, args.header))
-    if args.command in ("replay", "reconcile"):
+    if args.command in ("publish", "replay", "reconcile"):
         if not settings.kafka_bootstrap_servers:
             print(f"KAFKA_BOOTSTRAP_SERVERS is required for {args.command}", file=sys.stderr)
             return 2
+        # One clear line, before any work, when the cluster cannot be reached with these settings.
+        asyncio.run(check_reachable(settings.kafka()))
+    if args.command == "publish":
+        from agents.backfill import publish_file
+
+        return asyncio.run(publish_file(settings, args.file, args.source, args.header))
+    if args.command in ("replay", "reconcile"):
+        from agents import reconcile, replay
+
         run = replay.run_replay if args.command == "replay" else reconcile.run_reconcile
         return asyncio.run(run(settings, args))
     return 2  # pragma: no cover - argparse enforces the choices
@@ -93,8 +115,7 @@ def _worker(settings: Settings) -> int:
         return 2
     from agents.worker import run_worker
 
-    assert settings.kafka_bootstrap_servers is not None
-    run_worker(settings, settings.kafka_bootstrap_servers)
+    run_worker(settings, settings.kafka())
     return 0
 
 

@@ -102,7 +102,8 @@ def _run(
         tty = sys.stderr.isatty()
         nl = "\n" if tty else ""
         say(f"demo traffic    {len(events)} events for {customers} customers")
-        asyncio.run(publish_records(bootstrap, settings.topics.events, event_records(events), progress=True))
+        asyncio.run(publish_records(settings.kafka(bootstrap), settings.topics.events, event_records(events),
+                                    progress=True))
         synced = False
         last_plain = -math.inf
         # From here Ctrl-C ends the status loop; the ExitStack then stops what was started.

@@ -1,4 +1,5 @@
-"""Workarounds for two Faust recovery bugs that lose or stale state on a restart.
+"""Workarounds for two recovery bugs that lose or stale state on a restart: Faust's (always
+applied) and the embedded Tansu broker's (applied only on Tansu).
 
 Each is applied to the one app a worker runs and says which upstream problem it answers; remove
 it when Faust or the broker fixes the cause. Both were seen here as a restarted worker skipping
@@ -14,11 +15,15 @@ import faust
 from faust.tables.recovery import Recovery
 
 from agents.broker import fetched_ends
+from agents.kafka import KafkaConnection
 
 
-def apply(app: faust.App, bootstrap_servers: str) -> None:
+def apply(app: faust.App, tansu: KafkaConnection | None) -> None:
+    """`tansu`: the connection, when the cluster is Tansu (agents/broker.py: runs_tansu); on
+    Kafka its workaround would only cost an extra consumer and up to 10 s per recovery."""
     keep_events_fetched_before_recovery_ends(app)
-    recover_changelogs_to_their_true_end(bootstrap_servers)
+    if tansu is not None:
+        recover_changelogs_to_their_true_end(tansu)
 
 
 def keep_events_fetched_before_recovery_ends(app: faust.App) -> None:
@@ -43,7 +48,7 @@ def keep_events_fetched_before_recovery_ends(app: faust.App) -> None:
     flow_control.resume = resume_keeping_buffers  # type: ignore[method-assign]  # this instance only
 
 
-def recover_changelogs_to_their_true_end(bootstrap_servers: str) -> None:
+def recover_changelogs_to_their_true_end(kafka: KafkaConnection) -> None:
     """Recovery reads each changelog partition to the end ListOffsets gives. Tansu (the
     embedded broker) answers a batch short (agents/broker.py: partition_ends), so a restarted
     worker left the last batch of every changelog partition unread and applied new events to
@@ -59,7 +64,7 @@ def recover_changelogs_to_their_true_end(bootstrap_servers: str) -> None:
         await build(self, consumer, tps, destination, title)
         # Faust keeps the last offset (end - 1), and -1 for an empty partition.
         listed = {tp: destination[tp] + 1 for tp in tps if tp in destination}
-        ends = await fetched_ends(bootstrap_servers, listed)
+        ends = await fetched_ends(kafka, listed)
         for tp, end in ends.items():
             destination[tp] = end - 1  # assigned: Counter.update would add
 

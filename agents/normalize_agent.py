@@ -43,6 +43,7 @@ from agents import metrics
 from agents.app import Runtime
 from agents.settings import SOURCES_WITH_SECRETS
 from agents.state_agent import expected_partition
+from agents.topic_plan import SHOPIFY_CUSTOMERS_TABLE, SHOPIFY_HELD_TABLE, shopify_join_topic
 from streams.adapters import Normalized, Skip, normalize, shopify
 from streams.adapters.common import tenant_of
 from streams.adapters.payload import load_object, required_text
@@ -54,16 +55,10 @@ from streams.raw import RawWebhook, decode_raw
 
 log = logging.getLogger(__name__)
 
-CUSTOMERS_TABLE = "shopify_order_customers"
-HELD_TABLE = "shopify_held"
 HELD_BYTES_PER_ORDER = 768 * 1024
 """One table value is one changelog record; Kafka's default limit is 1 MB a record."""
 NO_EMAIL = b"null"
 """`shopify_order_customers` value of an order known to have no customer email."""
-
-
-def join_topic_name(settings: Any) -> str:
-    return f"{settings.app_id}-{settings.topics.raw}-shopify_order-repartition"
 
 
 def join_key(raw: RawWebhook, result: Normalized) -> str | None:
@@ -144,9 +139,9 @@ def register(runtime: Runtime) -> None:
         for skip in Skip:
             metrics.WEBHOOKS_SKIPPED.labels(source, skip.value)
     events = topic(settings.topics.events)
-    join = topic(join_topic_name(settings), internal=True)
-    customers = table(CUSTOMERS_TABLE)
-    hold = Hold(table(HELD_TABLE), settings.shopify_hold_per_order, settings.shopify_hold_max)
+    join = topic(shopify_join_topic(settings), internal=True)
+    customers = table(SHOPIFY_CUSTOMERS_TABLE)
+    hold = Hold(table(SHOPIFY_HELD_TABLE), settings.shopify_hold_per_order, settings.shopify_hold_max)
 
     async def dead(reason: Reason, error: str, value: bytes, origin: dict[str, Any]) -> None:
         metrics.DEADLETTERS.labels(Stage.NORMALIZE.value, reason.value).inc()
@@ -226,7 +221,7 @@ def register(runtime: Runtime) -> None:
         except RejectedInput as exc:
             await dead(exc.reason, exc.detail, message.value, origin)
 
-    @app.agent(topic(settings.topics.raw, join_topic_name(settings)), name="normalize")
+    @app.agent(topic(settings.topics.raw, shopify_join_topic(settings)), name="normalize")
     async def normalize_raw(stream: Any) -> AsyncIterator[None]:
         async for item in stream.events():
             message = item.message

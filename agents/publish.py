@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
 
+from agents.kafka import KafkaConnection
 from streams.codec import encode_event
 from streams.events import ReturnEvent
 
@@ -15,12 +16,13 @@ Record = tuple[bytes | None, bytes]
 
 
 async def publish_records(
-    bootstrap_servers: str, topic: str, records: Sequence[Record], *, progress: bool = False
+    kafka: KafkaConnection | str, topic: str, records: Sequence[Record], *, progress: bool = False
 ) -> int:
-    """Send (key, value) pairs with acks=all and wait for every acknowledgement."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, max_batch_size=256 * 1024
-    )
+    """Send (key, value) pairs with acks=all and wait for every acknowledgement. A plain string
+    is a plaintext cluster's bootstrap servers (tests, benchmarks)."""
+    if isinstance(kafka, str):
+        kafka = KafkaConnection(kafka)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     try:
         started, pending = time.monotonic(), []

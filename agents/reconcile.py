@@ -32,7 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
-from agents.app import sync_topic_name
+from agents.kafka import KafkaConnection
 from agents.klaviyo.bodies import profile_import_body
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.client import KlaviyoError, KlaviyoRejected
@@ -41,6 +41,7 @@ from agents.klaviyo.versions import Floor, MemoryVersions
 from agents.replay import Selection, _capture_ends, open_consumer, rate_limited, scan, share
 from agents.settings import Settings
 from agents.state_agent import expected_partition
+from agents.topic_plan import versions_topic
 from streams.events import customer_ref
 from streams.projection import ProjectionConfig, profile_properties, profile_update
 from streams.state import CustomerState
@@ -249,17 +250,12 @@ class FloorsUnreadable(Exception):
     """Live delivery's floors could not be read: nothing may be repaired without them."""
 
 
-def versions_topic(settings: Settings) -> str:
-    """Where live delivery records its floors (agents/sync_agent.py)."""
-    return f"{sync_topic_name(settings)}-versions"
-
-
-async def read_floors(bootstrap_servers: str, topic: str, keys: Sequence[str]) -> MemoryVersions:
+async def read_floors(kafka: KafkaConnection, topic: str, keys: Sequence[str]) -> MemoryVersions:
     """Live delivery's floors for `keys`, as recorded by now: their partitions read to the end."""
     floors, wanted = MemoryVersions(), set(keys)
     if not wanted:
         return floors
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         if topic not in await consumer.topics():
@@ -327,8 +323,7 @@ async def report_drift(
             return {key: newest[key] for key in keys if key in newest}
 
         async def floors(keys: Sequence[str]) -> MemoryVersions:
-            assert settings.kafka_bootstrap_servers is not None
-            return await read_floors(settings.kafka_bootstrap_servers, versions_topic(settings), keys)
+            return await read_floors(settings.kafka(), versions_topic(settings), keys)
 
         try:
             fixed = await repair(channels, drift.drifted, current, floors, settings.projection,

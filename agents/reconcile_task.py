@@ -26,8 +26,9 @@ from agents.app import Runtime
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.client import KlaviyoError
 from agents.klaviyo.versions import MemoryVersions
-from agents.reconcile import Drift, FloorsUnreadable, compare, read_floors, repair, versions_topic
+from agents.reconcile import Drift, FloorsUnreadable, compare, read_floors, repair
 from agents.state_agent import expected_partition, load_state
+from agents.topic_plan import versions_topic
 from streams.state import CustomerState
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ async def _reconcile(runtime: Runtime, channels: Channels, grace: float, unsettl
         return {key: state for key, state in states.items() if state is not None}
 
     async def floors(keys: Sequence[str]) -> MemoryVersions:
-        return await read_floors(runtime.bootstrap_servers, versions_topic(settings), keys)
+        return await read_floors(runtime.kafka, versions_topic(settings), keys)
 
     fixed = await repair(channels, drift.drifted, current, floors, settings.projection, unseen_ok=False)
     unsettled.update(fixed.unsettled)

@@ -91,8 +91,7 @@ class Scan:
 
 
 async def open_consumer(settings: Settings, group_id: str | None) -> AIOKafkaConsumer:
-    assert settings.kafka_bootstrap_servers is not None
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group_id,
+    consumer = AIOKafkaConsumer(**settings.kafka().client_options(), group_id=group_id,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     return consumer
@@ -226,8 +225,7 @@ async def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         return await dry_run(rate_limited(settings, args.rate_share), selection)
     group = f"{settings.app_id}-replay-{args.name}"
     consumer = await open_consumer(settings, group)
-    assert settings.kafka_bootstrap_servers is not None
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**settings.kafka().client_options(), acks="all")
     await producer.start()
     channels = Channels.from_settings(rate_limited(settings, args.rate_share))
     try:

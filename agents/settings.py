@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import orjson
 
+from agents.kafka import KafkaConnection, KafkaSecurity
 from agents.klaviyo.accounts import DEFAULT_ACCOUNT, KlaviyoAccount, account_for, parse_accounts
 from streams.projection import DEFAULT_METRIC_NAMES, ProjectionConfig
 from streams.topics import TopicNames
@@ -37,6 +38,8 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap_servers: str | None = None
+    # TLS and SASL for every Kafka client in the process (agents/kafka.py); holds the password.
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity, repr=False)
     klaviyo_api_key: str | None = field(default=None, repr=False)
     klaviyo_base_url: str = "https://a.klaviyo.com"
     klaviyo_revision: str = "2026-07-15"
@@ -56,6 +59,8 @@ class Settings:
     app_id: str = "returnsync"
     topic_prefix: str = ""
     partitions: int = 8
+    # None: returns.raw and returns.events keep everything, as replay needs (agents/topic_plan.py).
+    source_retention_ms: int | None = None
     replication_factor: int = 1
     standby_replicas: int = 1
     store: str = "memory://"
@@ -97,6 +102,14 @@ class Settings:
         its returns.raw envelope, and double again when a dead letter quotes that envelope."""
         return max(1_048_576, 4 * self.webhook_max_bytes + 64 * 1024)
 
+    def kafka(self, bootstrap_servers: str | None = None) -> KafkaConnection:
+        """How every Kafka client reaches the cluster: these servers (the dev stack's embedded
+        broker) or KAFKA_BOOTSTRAP_SERVERS, with the configured security."""
+        servers = bootstrap_servers or self.kafka_bootstrap_servers
+        if not servers:
+            raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        return KafkaConnection(servers, self.kafka_security)
+
     @property
     def topics(self) -> TopicNames:
         return TopicNames.with_prefix(self.topic_prefix)
@@ -132,6 +145,7 @@ class Settings:
         accounts_file = reader.text("KLAVIYO_ACCOUNTS_FILE", "")
         settings = cls(
             kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            kafka_security=KafkaSecurity.from_env(env, reader.errors),
             klaviyo_api_key=env.get("KLAVIYO_API_KEY") or None,
             klaviyo_base_url=klaviyo_base_url,
             klaviyo_accounts=parse_accounts(
@@ -152,6 +166,9 @@ class Settings:
             app_id=reader.matching("RETURNSYNC_APP_ID", defaults.app_id, _KAFKA_NAME, _KAFKA_HINT),
             topic_prefix=reader.matching("RETURNSYNC_TOPIC_PREFIX", "", _KAFKA_NAME, _KAFKA_HINT),
             partitions=reader.number("RETURNSYNC_PARTITIONS", defaults.partitions, int, 1, 1024),
+            source_retention_ms=reader.optional_number(
+                "RETURNSYNC_SOURCE_RETENTION_MS", int, 3_600_000, 100 * 365 * 86_400_000
+            ),
             replication_factor=reader.number("RETURNSYNC_REPLICATION_FACTOR", 1, int, 1, 16),
             standby_replicas=reader.number("RETURNSYNC_STANDBY_REPLICAS", 1, int, 0, 16),
             store=reader.choice("RETURNSYNC_STORE", defaults.store, ("memory://", "rocksdb://")),
@@ -257,6 +274,13 @@ class _Reader:
             return default
         return value
 
+    def optional_number(
+        self, name: str, kind: Callable[[str], T], minimum: float, maximum: float
+    ) -> T | None:
+        if not (self.env.get(name) or "").strip():
+            return None
+        return self.number(name, None, kind, minimum, maximum)
+
     def metric_names(self, name: str) -> dict[str, str]:
         names = dict(DEFAULT_METRIC_NAMES)
         raw = self.env.get(name)
@@ -293,7 +317,12 @@ def _is_ip(value: str) -> bool:
 
 def _bounds(minimum: float | None, maximum: float | None) -> str:
     if maximum is None:
-        return f"a number >= {minimum:g}" if minimum is not None else "a number"
+        return f"a number >= {_number(minimum)}" if minimum is not None else "a number"
     if minimum is None:
-        return f"a number <= {maximum:g}"
-    return f"between {minimum:g} and {maximum:g}"
+        return f"a number <= {_number(maximum)}"
+    return f"between {_number(minimum)} and {_number(maximum)}"
+
+
+def _number(value: float) -> str:
+    """3600000, not 3.6e+06: operators copy these into their configuration."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

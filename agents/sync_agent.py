@@ -32,6 +32,7 @@ from agents.klaviyo.delivery import Delivery
 from agents.klaviyo.highwater import KafkaVersions
 from agents.klaviyo.pipeline import Pipeline
 from agents.lag import INTERVAL_SECONDS, DeliveryLag, report_lag
+from agents.topic_plan import versions_topic
 from streams.deadletter import dead_letter
 from streams.errors import Reason, Stage
 from streams.outbox import SyncRecord, decode_sync_record
@@ -99,13 +100,12 @@ def register(runtime: Runtime) -> None:
     @runtime.app.task  # type: ignore[untyped-decorator]
     async def klaviyo_sync() -> None:
         channels = Channels.from_settings(settings)
-        versions = KafkaVersions(runtime.bootstrap_servers, f"{runtime.sync_topic_name}-versions",
-                                 settings.partitions, settings.replication_factor)
+        versions = KafkaVersions(runtime.kafka, versions_topic(settings), settings.partitions)
         await versions.start()
         delivery = Delivery(channels, settings.projection, send_dead_letter, versions)
         consumer = AIOKafkaConsumer(
             runtime.sync_topic_name,
-            bootstrap_servers=runtime.bootstrap_servers,
+            **runtime.kafka.client_options(),
             group_id=f"{settings.app_id}-klaviyo-sync",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -1,28 +1,40 @@
-"""Run one worker: create the topics it owns, build the app, hand the loop to Faust."""
+"""Run one worker: create or check every topic in the plan, build the app, hand the loop to Faust."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from agents.app import build_app, owned_topics
-from agents.broker import ensure_topics
+from agents.app import build_app
+from agents.broker import runs_tansu
+from agents.kafka import KafkaConnection
 from agents.settings import Settings
+from agents.topic_admin import ensure_plan
+from agents.topic_plan import topic_plan
 
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, bootstrap_servers: str) -> None:
+async def prepare_cluster(settings: Settings, kafka: KafkaConnection) -> bool:
+    """Every planned topic exists as planned (raises TopicPlanError or KafkaUnreachable with one
+    message otherwise), before anything subscribes. Returns whether the broker is Tansu."""
+    await ensure_plan(kafka, topic_plan(settings))
+    if settings.source_retention_ms is not None:
+        log.warning("RETURNSYNC_SOURCE_RETENTION_MS=%d: returns.raw and returns.events forget older "
+                    "records, so replay rebuilds Klaviyo from that window only", settings.source_retention_ms)
+    tansu = await runs_tansu(kafka)
+    if tansu:
+        log.info("broker is Tansu: its ListOffsets workaround is on (agents/faust_fixes.py)")
+    return tansu
+
+
+def run_worker(settings: Settings, kafka: KafkaConnection) -> None:
     import mode.loop
 
     # uvloop: a faster event loop for the same code; Faust supports it natively.
     mode.loop.use("uvloop")
-    asyncio.run(
-        ensure_topics(
-            bootstrap_servers, owned_topics(settings), settings.partitions, settings.replication_factor
-        )
-    )
-    runtime = build_app(settings, bootstrap_servers)
+    tansu = asyncio.run(prepare_cluster(settings, kafka))
+    runtime = build_app(settings, kafka, broker_is_tansu=tansu)
     from faust.worker import Worker
 
     worker = Worker(runtime.app, loglevel=settings.log_level.upper(), quiet=True)

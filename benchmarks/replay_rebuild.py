@@ -38,11 +38,13 @@ from typing import Any
 
 import httpx
 
-from agents.broker import EmbeddedBroker, ensure_topics
+from agents.broker import EmbeddedBroker
+from agents.kafka import KafkaConnection
 from agents.publish import _progress, event_records, publish_records
 from agents.sandbox import SandboxServer
 from agents.sandbox.validation import catalog
 from agents.settings import Settings
+from agents.topic_admin import ensure_topics
 from streams.demo import RETURNS_WEIGHTS, demo_customers
 from streams.projection import ProjectionConfig, klaviyo_events
 
@@ -197,7 +199,7 @@ def main() -> None:
     topic = prefix + "returns.events"
     try:
         with EmbeddedBroker(log_file=Path(tempfile.mkdtemp()) / "broker.log") as broker:
-            asyncio.run(ensure_topics(broker.bootstrap_servers, [topic], args.partitions))
+            asyncio.run(ensure_topics(KafkaConnection(broker.bootstrap_servers), [topic], args.partitions))
             published = asyncio.run(publish(broker.bootstrap_servers, topic, args.customers, weights,
                                             seed=args.seed, chunk=args.chunk))
             env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,

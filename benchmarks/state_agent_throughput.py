@@ -23,11 +23,13 @@ from tempfile import mkdtemp
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.app import sync_topic_name
-from agents.broker import EmbeddedBroker, ensure_topics, free_port
+from agents.broker import EmbeddedBroker, free_port
+from agents.kafka import KafkaConnection
 from agents.processes import ChildProcess, worker_env
 from agents.publish import event_records, publish_records
 from agents.settings import Settings
+from agents.topic_admin import ensure_plan, ensure_topics
+from agents.topic_plan import sync_topic, topic_plan
 from streams.demo import demo_events
 
 PARTITIONS = 4
@@ -58,7 +60,7 @@ async def write_times(bootstrap: str, topic: str, expected: int, within: float) 
 
 def run(child: ChildProcess, bootstrap: str, topic: str, n: int) -> float:
     # Created first: a consumer does not see topics created after it started.
-    asyncio.run(ensure_topics(bootstrap, [topic], PARTITIONS))
+    asyncio.run(ensure_topics(KafkaConnection(bootstrap), [topic], PARTITIONS))
     with child:
         stamps = asyncio.run(write_times(bootstrap, topic, n, within=900))
     return n / max((stamps[-1] - stamps[0]) / 1000, 1e-3)
@@ -75,7 +77,9 @@ def main() -> None:
     bootstrap = external or broker.bootstrap_servers  # type: ignore[union-attr]
     try:
         prefix = f"bench{uuid.uuid4().hex[:8]}."
-        asyncio.run(ensure_topics(bootstrap, [prefix + "returns.events"], PARTITIONS))
+        # returns.events as the worker plans it (kept forever), before anything is published to it.
+        plan = topic_plan(Settings(app_id=f"{prefix}returnsync", topic_prefix=prefix, partitions=PARTITIONS))
+        asyncio.run(ensure_plan(KafkaConnection(bootstrap), plan))
         asyncio.run(publish_records(bootstrap, prefix + "returns.events", event_records(events)))
         results = {}
         for name in ("naive", "returnsync"):
@@ -96,7 +100,7 @@ def main() -> None:
                 child = ChildProcess([], env, log, command=script)
                 results[name] = run(child, bootstrap, f"{app_id}-naive-changelog", len(events))
             else:
-                topic = sync_topic_name(Settings.from_env(env))
+                topic = sync_topic(Settings.from_env(env))
                 results[name] = run(ChildProcess(["worker"], env, log), bootstrap, topic, len(events))
         baseline = results["naive"]
         print(

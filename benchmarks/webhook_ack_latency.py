@@ -35,8 +35,10 @@ import aiohttp
 import httpx
 from aiokafka import AIOKafkaProducer
 
-from agents.broker import EmbeddedBroker, ensure_topics, free_port
+from agents.broker import EmbeddedBroker, free_port
+from agents.kafka import KafkaConnection
 from agents.processes import ChildProcess, worker_env
+from agents.topic_admin import ensure_topics
 from streams.raw import RawWebhook, encode_raw
 from streams.signatures import sign
 
@@ -214,7 +216,7 @@ def main() -> None:
     )
     url = f"http://127.0.0.1:{web_port}"
     try:
-        asyncio.run(ensure_topics(bootstrap, [prefix + "bench.produce"], PARTITIONS))
+        asyncio.run(ensure_topics(KafkaConnection(bootstrap), [prefix + "bench.produce"], PARTITIONS))
         with sandbox, ChildProcess(["worker"], env, logs / "worker.log") as worker:
             sandbox.wait_http(f"http://127.0.0.1:{sandbox_port}/_sandbox/profiles")
             worker.wait_http(f"{url}/ready", within=120)

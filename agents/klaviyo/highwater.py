@@ -16,11 +16,10 @@ from collections.abc import Iterable, Sequence
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 from agents.broker import partition_ends
+from agents.kafka import KafkaConnection
 from agents.klaviyo.versions import Floor, MemoryVersions
 
 log = logging.getLogger(__name__)
@@ -28,19 +27,16 @@ JOB_PREFIX = "job:"  # customer keys are "<tenant>/<email>" and tenants hold no 
 
 
 class KafkaVersions(MemoryVersions):
-    def __init__(
-        self, bootstrap_servers: str, topic: str, partitions: int, replication_factor: int = 1
-    ) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str, partitions: int) -> None:
+        """The topic is created by the worker's topic plan (agents/topic_plan.py)."""
         super().__init__()
         self.topic = topic
-        self._servers = bootstrap_servers
+        self._kafka = kafka
         self._partitions = partitions
-        self._replication = replication_factor
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=2)
+        self._producer = AIOKafkaProducer(**kafka.client_options(), acks="all", linger_ms=2)
         self._jobs_by_partition: dict[int, set[str]] = {}
 
     async def start(self) -> None:
-        await self._ensure_topic()
         await self._producer.start()
 
     async def stop(self) -> None:
@@ -75,7 +71,7 @@ class KafkaVersions(MemoryVersions):
         tps = [TopicPartition(self.topic, p) for p in sorted(set(partitions))]
         if not tps:
             return
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._servers, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**self._kafka.client_options(), enable_auto_commit=False)
         await consumer.start()
         loaded = 0
         try:
@@ -111,19 +107,6 @@ class KafkaVersions(MemoryVersions):
             self._jobs_by_partition.setdefault(partition, set()).add(customer_key)
         else:
             self.mark(customer_key, floor)
-
-    async def _ensure_topic(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, request_timeout_ms=10000)
-        await admin.start()
-        try:
-            if self.topic in set(await admin.list_topics()):
-                return
-            topic = NewTopic(self.topic, self._partitions, self._replication,
-                             topic_configs={"cleanup.policy": "compact"})
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([topic])
-        finally:
-            await admin.close()
 
 
 def decode_record(key: bytes | None, value: bytes | None) -> tuple[str, Floor | None] | None:

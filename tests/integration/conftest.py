@@ -15,12 +15,18 @@ from pathlib import Path
 import pytest
 
 from agents.broker import EmbeddedBroker, free_port
+from agents.kafka import KafkaConnection
 from agents.processes import ChildProcess, worker_env
 from agents.publish import event_records, publish_records
+from agents.settings import Settings
+from agents.topic_admin import ensure_plan
+from agents.topic_plan import topic_plan
 from streams.events import ReturnEvent
 from tests.integration.harness import SANDBOX_KEY, SandboxThread
 
-PARTITIONS = 4
+PARTITIONS = 6
+"""Neither the embedded broker's auto-create default (4) nor Kafka's (1): a topic the worker did not
+create as planned shows up as a partition mismatch, not as a passing test."""
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +51,26 @@ def sandbox() -> Iterator[SandboxThread]:
     server = SandboxThread(rate_limit_scale=0).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def kafka(bootstrap_servers: str) -> KafkaConnection:
+    return KafkaConnection(bootstrap_servers)
+
+
+def planned_settings(prefix: str) -> Settings:
+    """What the test workers run with (worker_env), for their topic plan."""
+    return Settings(app_id=f"{prefix}returnsync", topic_prefix=prefix, partitions=PARTITIONS)
+
+
+@pytest.fixture
+def create_topics(kafka: KafkaConnection, prefix: str) -> Callable[[], None]:
+    """Create this test's topic plan, as an operator would before producers publish (idempotent)."""
+
+    def create() -> None:
+        asyncio.run(ensure_plan(kafka, topic_plan(planned_settings(prefix))))
+
+    return create
 
 
 @pytest.fixture
@@ -81,10 +107,15 @@ def start_worker(
 
 
 @pytest.fixture
-def publish(bootstrap_servers: str, prefix: str) -> Callable[..., None]:
+def publish(bootstrap_servers: str, prefix: str, create_topics: Callable[[], None]) -> Callable[..., None]:
+    created: list[bool] = []
+
     def send(events: list[ReturnEvent] | None = None, *, raw: list[tuple[bytes | None, bytes]] | None = None,
              topic: str = "returns.events") -> None:
         records = event_records(events or []) + (raw or [])
+        if not created:  # never leave a topic to the broker's auto-creation
+            create_topics()
+            created.append(True)
         asyncio.run(publish_records(bootstrap_servers, prefix + topic, records))
 
     return send

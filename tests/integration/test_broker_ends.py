@@ -12,6 +12,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.broker import fetched_ends
+from agents.kafka import KafkaConnection
 
 
 async def produce_batches(bootstrap_servers: str, topic: str, batches: int, per_batch: int) -> None:
@@ -43,7 +44,7 @@ def test_fetched_ends_are_the_true_ends_whatever_listoffsets_says(bootstrap_serv
     async def run() -> tuple[int, dict[TopicPartition, int]]:
         await produce_batches(bootstrap_servers, topic, batches=3, per_batch=20)
         listed = await listed_end(bootstrap_servers, tp)
-        return listed, await fetched_ends(bootstrap_servers, {tp: listed, empty: 0})
+        return listed, await fetched_ends(KafkaConnection(bootstrap_servers), {tp: listed, empty: 0})
 
     listed, ends = asyncio.run(run())
     assert ends == {tp: 60, empty: 0}, f"ListOffsets said {listed}"

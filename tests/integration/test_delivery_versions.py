@@ -3,7 +3,6 @@ it to the sync topic late, and not after the worker is killed and another takes 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -14,7 +13,6 @@ import orjson
 import pytest
 from aiokafka.partitioner import murmur2
 
-from agents.broker import ensure_topics
 from streams.demo import demo_events
 from streams.events import EventType, ReturnEvent
 from streams.outbox import SyncRecord, encode_sync_record
@@ -102,7 +100,6 @@ def test_a_new_worker_writes_nothing_before_its_version_floors_are_loaded(
     newest = {record.customer_key: record for record in records}
     fresh = next(record for key, record in newest.items()
                  if key != stale.customer_key and partition(key) == partition(stale.customer_key))
-    asyncio.run(ensure_topics(bootstrap_servers, [prefix + SYNC_TOPIC, prefix + VERSIONS_TOPIC], PARTITIONS))
     filler = [floor_record(f"default/filler-{n}@returnsync-demo.com", 1) for n in range(200_000)]
     publish(raw=[*filler, floor_record(stale.customer_key, newest[stale.customer_key].state.version)],
             topic=VERSIONS_TOPIC)

@@ -163,7 +163,7 @@ def test_dry_run_reports_exactly_the_planted_drift_and_writes_nothing(
 
 
 def test_time_range_sends_only_its_events_with_each_customers_newest_profile(
-    sandbox: SandboxThread, bootstrap_servers: str, prefix: str,
+    sandbox: SandboxThread, bootstrap_servers: str, prefix: str, create_topics: Callable[[], None],
 ) -> None:
     events = demo_events(30, seed=12)
     half = len(events) // 2
@@ -181,6 +181,7 @@ def test_time_range_sends_only_its_events_with_each_customers_newest_profile(
         finally:
             await producer.stop()
 
+    create_topics()
     asyncio.run(produce())
     done = returnsync(["replay", "--since", march.isoformat(), "--until", "2026-07-01T00:00:00Z",
                        "--name", "spring"], cli_env(bootstrap_servers, sandbox, prefix))
