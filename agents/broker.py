@@ -99,7 +99,8 @@ async def wait_until_ready(bootstrap_servers: str, within: float) -> None:
     deadline = time.monotonic() + within
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=2000)
+        plaintext = KafkaConnection(bootstrap_servers)  # the embedded broker has no security
+        admin = AIOKafkaAdminClient(**plaintext.client_options(), request_timeout_ms=2000)
         try:
             await admin.start()
             await admin.list_topics()

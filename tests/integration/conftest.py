@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.broker import EmbeddedBroker, free_port
 from agents.kafka import KafkaConnection
 from agents.processes import ChildProcess, worker_env
 from agents.publish import event_records, publish_records
 from agents.settings import Settings
-from agents.topic_admin import ensure_plan
+from agents.topic_admin import apply_plan, ensure_plan
 from agents.topic_plan import topic_plan
 from streams.events import ReturnEvent
 from tests.integration.harness import SANDBOX_KEY, SandboxThread
@@ -82,9 +83,23 @@ def prefix() -> str:
 WorkerFactory = Callable[..., ChildProcess]
 
 
+async def unplanned_topics(kafka: KafkaConnection, prefix: str) -> list[str]:
+    """This test's topics that are not in its plan, or not as planned (left to auto-creation)."""
+    report = await apply_plan(kafka, topic_plan(planned_settings(prefix)), create=False)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        names = {name for name in await admin.list_topics() if name.startswith(prefix)}
+    finally:
+        await admin.close()
+    planned = {spec.name for spec in topic_plan(planned_settings(prefix))}
+    return [f"{name}: not in the plan" for name in sorted(names - planned)] + [
+        f"{name}: {what}" for name, what, _fix in report.problems]
+
+
 @pytest.fixture
 def start_worker(
-    bootstrap_servers: str, sandbox: SandboxThread, prefix: str, tmp_path: Path
+    bootstrap_servers: str, sandbox: SandboxThread, prefix: str, tmp_path: Path, kafka: KafkaConnection,
 ) -> Iterator[WorkerFactory]:
     started: list[ChildProcess] = []
 
@@ -104,6 +119,8 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop(within=20)
+    if started:  # whatever the test did, no topic was left to the broker's auto-creation
+        assert asyncio.run(unplanned_topics(kafka, prefix)) == []
 
 
 @pytest.fixture
