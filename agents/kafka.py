@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -49,9 +53,7 @@ class KafkaSecurity:
         """Verifies the broker (hostname included) against the CA file, or the system's CAs."""
         if not self.uses_tls:
             return None
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile)
-        return context
+        return _ssl_context(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], errors: list[str]) -> KafkaSecurity:
@@ -108,6 +110,13 @@ class KafkaSecurity:
             except (ssl.SSLError, OSError, ValueError) as exc:
                 errors.append(f"KAFKA_SSL_*: the files do not make a TLS context: {exc}")
         return security
+
+
+@functools.cache
+def _ssl_context(cafile: Path | None, certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext:
+    """One context per process for the same files: every client shares it (and its loaded CAs)."""
+    context: ssl.SSLContext = create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
+    return context
 
 
 @dataclass(frozen=True)
@@ -177,18 +186,43 @@ async def admin_client(kafka: KafkaConnection) -> AsyncIterator[AIOKafkaAdminCli
     """A started admin client. Not reaching the cluster, or being refused by it, raises
     KafkaUnreachable within CONNECT_TIMEOUT_SECONDS: a wrong host, CA or password never hangs."""
     admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=15_000)
+    # Used before anything else connects (start-up checks, CLI commands): aiokafka's own error
+    # lines would only repeat, less clearly, the one line KafkaUnreachable gives.
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
     try:
         # list_topics: some refusals (SASL) only show on the first request after the handshake.
         await asyncio.wait_for(_start(admin), CONNECT_TIMEOUT_SECONDS)
     except Exception as exc:
         with contextlib.suppress(Exception):
             await admin.close()
-        raise explain(exc, kafka) from None
+        raise explain(await _cause(exc, kafka), kafka) from None
+    finally:
+        aiokafka_log.setLevel(level)
     try:
         yield admin
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+
+
+async def _cause(exc: Exception, kafka: KafkaConnection) -> BaseException:
+    """aiokafka's clients report any failed bootstrap as "Unable to bootstrap" and only log why;
+    one direct connection to the first server raises the cause itself (a refused password, an
+    untrusted certificate), which is what the operator must be told."""
+    reported: BaseException = exc
+    if not isinstance(exc, KafkaConnectionError):
+        return reported
+    host, _, port = kafka.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    options = kafka.client_options()
+    del options["bootstrap_servers"]
+    try:
+        conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), **options), 10.0)
+    except Exception as cause:
+        return cause
+    conn.close()
+    return reported
 
 
 async def _start(admin: AIOKafkaAdminClient) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,16 +18,13 @@ from pathlib import Path
 
 import yaml
 
+from tests.debian import ToolUnavailable, debian_tool
+
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = REPO / "prometheus"
 DASHBOARDS_DIR = REPO / "grafana" / "dashboards"
 
-_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
-_APT_WAIT = ("-o", "DPkg::Lock::Timeout=300")
-
-
-class PrometheusUnavailable(RuntimeError):
-    """promtool or prometheus is missing and could not be installed."""
+PrometheusUnavailable = ToolUnavailable
 
 
 @dataclass(frozen=True)
@@ -38,38 +33,11 @@ class PrometheusBinaries:
     prometheus: Path
 
 
-def _find() -> PrometheusBinaries | None:
-    promtool, prometheus = shutil.which("promtool"), shutil.which("prometheus")
-    if promtool and prometheus:
-        return PrometheusBinaries(Path(promtool), Path(prometheus))
-    return None
-
-
 @functools.cache
 def prometheus_binaries() -> PrometheusBinaries:
     """The promtool and prometheus on PATH, installing Debian's package first if need be."""
-    found = _find()
-    if found:
-        return found
-    how = "install Debian's package: `apt-get update && apt-get install -y prometheus`"
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        raise PrometheusUnavailable(f"promtool/prometheus not on PATH and not running as root: {how}")
-    if not shutil.which("apt-get"):
-        raise PrometheusUnavailable(f"promtool/prometheus not on PATH and there is no apt-get: {how}")
-    env = {**os.environ, **_APT_ENV}
-    for step in (
-        ["apt-get", *_APT_WAIT, "update", "-q"],
-        ["apt-get", *_APT_WAIT, "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-    ):
-        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=900, check=False)
-        if done.returncode != 0:
-            raise PrometheusUnavailable(
-                f"`{' '.join(step)}` exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
-            )
-    found = _find()
-    if not found:
-        raise PrometheusUnavailable("apt-get installed prometheus but promtool/prometheus are not on PATH")
-    return found
+    promtool = debian_tool("prometheus", "promtool")
+    return PrometheusBinaries(promtool, debian_tool("prometheus", "prometheus"))
 
 
 def run_promtool(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:

@@ -69,7 +69,7 @@ def test_customer_state_is_the_same_asked_on_either_worker(
     advertised = {url.replace("127.0.0.1", ADVERTISED) for url in urls}
 
     # The second worker's join rebalances the first: wait until the group settled on both.
-    owners = wait_until(split_between(urls, advertised), within=60, every=0.5,
+    owners = wait_until(split_between(urls, advertised), within=120, every=0.5,
                         what=f"both workers ready and splitting {PARTITIONS} partitions; views: "
                              + "; ".join(f"{url}: {changelog_owners(url)}" for url in urls))
 
