@@ -77,6 +77,7 @@ class SandboxAdmin:
             web.post(f"{PREFIX}/faults", self.add_fault),
             web.get(f"{PREFIX}/faults", self.list_faults),
             web.delete(f"{PREFIX}/faults", self.clear_faults),
+            web.delete(f"{PREFIX}/faults/{{fault_id}}", self.clear_fault),
             web.get(f"{PREFIX}/profiles", self.profiles),
             web.post(f"{PREFIX}/profiles", self.plant_profile),
             web.get(f"{PREFIX}/events", self.events),
@@ -108,6 +109,12 @@ class SandboxAdmin:
 
     async def clear_faults(self, request: web.Request) -> web.Response:
         return _json({"data": {"cleared": self._faults.clear()}})
+
+    async def clear_fault(self, request: web.Request) -> web.Response:
+        fault_id = request.match_info["fault_id"]
+        if not self._faults.clear(fault_id):
+            raise _problem(404, f"no active fault {fault_id!r}")
+        return _json({"data": {"cleared": 1}})
 
     async def profiles(self, request: web.Request) -> web.Response:
         account = self._account(request.query.get("account"))

@@ -120,8 +120,10 @@ class FaultBook:
         self._faults.append(fault)
         return fault
 
-    def clear(self) -> int:
-        cleared, self._faults = len(self._faults), []
+    def clear(self, fault_id: str | None = None) -> int:
+        """Remove one fault by id, or all of them; returns how many were removed."""
+        kept = [fault for fault in self._faults if fault_id is not None and fault.id != fault_id]
+        cleared, self._faults = len(self._faults) - len(kept), kept
         return cleared
 
     def active(self) -> list[Fault]:

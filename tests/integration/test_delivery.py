@@ -61,16 +61,26 @@ def more_credit(events: list[ReturnEvent], customers: int, *, tag: str = "more")
 
 
 def backlog_through_outage(
-    sandbox: SandboxThread, publish: Callable[..., None], events: list[ReturnEvent]
+    sandbox: SandboxThread, publish: Callable[..., None], events: list[ReturnEvent], worker: Any
 ) -> None:
     """Deliver a warm-up event first (the sync consumer is then running), then hold Klaviyo down
-    while `events` pile up: whatever the first retried batch held, the rest goes as one backlog.
-    Expectations must include WARMUP."""
+    until the worker has folded all of `events` into its outbox: whatever the first retried batch
+    held, the rest goes as one backlog, however slow the machine. Expectations must include WARMUP."""
     publish([WARMUP])
     wait_until(lambda: sandbox.event_keys() >= expected_klaviyo([WARMUP]).events, within=90,
                what="the warm-up event to be delivered")
-    sandbox.admin("POST", "faults", json={"status": 503, "seconds": 5})
+    outage = sandbox.admin("POST", "faults", json={"status": 503, "seconds": 300})
     publish(events)
+    wait_until(lambda: processed(worker) >= 1 + len(events), within=120,
+               what=f"{1 + len(events)} events folded by the worker")
+    sandbox.admin("DELETE", f"faults/{outage['id']}")
+
+
+def processed(worker: Any) -> float:
+    """Events through the reducer so far, whatever their result."""
+    text = httpx.get(f"{worker.web_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("returnsync_events_processed_total{"))
 
 
 def requests_log(sandbox: SandboxThread) -> list[dict[str, Any]]:
@@ -188,11 +198,11 @@ def test_permanent_409_is_dead_lettered_and_blocks_nobody_else(
     events = demo_events(150, seed=23)
     expected = expected_klaviyo(events)
     victim = events[len(events) // 2].customer.email
-    start_worker(env={"RETURNSYNC_SYNC_BATCH_SIZE": batch_size})
+    worker = start_worker(env={"RETURNSYNC_SYNC_BATCH_SIZE": batch_size})
     sandbox.admin("POST", "faults", json={"status": 409, "email": victim})
     if batch_size == "5000":  # the backlog goes out in big batches
         expected = expected_klaviyo([WARMUP, *events])
-        backlog_through_outage(sandbox, publish, events)
+        backlog_through_outage(sandbox, publish, events, worker)
     else:
         publish(events)
     converged(expected, sandbox, within=120, skip=frozenset({victim}))

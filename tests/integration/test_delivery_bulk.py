@@ -57,8 +57,8 @@ def test_backlog_goes_bulk_and_import_errors_are_dead_lettered(
     planted = klaviyo_post(sandbox, "/api/profile-import", {"data": {"type": "profile", "attributes": {
         "email": "someone.else@elsewhere-shop.com", "external_id": customer.external_id}}})
     assert planted.status_code == 201, planted.text
-    start_worker(env={"RETURNSYNC_SYNC_BATCH_SIZE": "5000"})
-    backlog_through_outage(sandbox, publish, events)
+    worker = start_worker(env={"RETURNSYNC_SYNC_BATCH_SIZE": "5000"})
+    backlog_through_outage(sandbox, publish, events, worker)
     converged(expected, sandbox, within=120, skip=frozenset({conflicted}))
 
     wanted = BULK | {"GET /api/profile-bulk-import-jobs/{id}/import-errors"}
@@ -82,8 +82,8 @@ def test_no_request_ever_targets_consent_after_bulk_and_single_runs(
 ) -> None:
     first = demo_events(150, seed=32)
     later = more_credit(first, 4)
-    start_worker(env={"RETURNSYNC_SYNC_BATCH_SIZE": "5000"})
-    backlog_through_outage(sandbox, publish, first)
+    worker = start_worker(env={"RETURNSYNC_SYNC_BATCH_SIZE": "5000"})
+    backlog_through_outage(sandbox, publish, first, worker)
     converged(expected_klaviyo([WARMUP, *first]), sandbox, within=120)
     publish(later)
     converged(expected_klaviyo([WARMUP, *first, *later]), sandbox, within=60)

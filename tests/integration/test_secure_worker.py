@@ -75,9 +75,10 @@ def test_the_worker_publish_and_replay_run_on_a_secured_cluster(
             published = returnsync(["publish", str(history)], env)
             assert published.returncode == 0, published.stderr[-2000:]
             expected = expected_klaviyo(events)
-            wait_until(lambda: not profile_differences(expected, sandbox), within=90,
-                       what=f"Klaviyo in step over {mode}")
-            assert expected.events <= sandbox.event_keys()
+            def in_step() -> bool:
+                return not profile_differences(expected, sandbox) and expected.events <= sandbox.event_keys()
+
+            wait_until(in_step, within=90, what=f"profiles and timeline in step over {mode}")
             checked = returnsync(["replay", "--from-beginning", "--dry-run"], env)
             assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
             plan = returnsync(["topics", "--check"], env)

@@ -157,6 +157,15 @@ def test_faults_spend_counts_expire_and_filter() -> None:
     assert book.clear() == 1
 
 
+def test_one_fault_is_cleared_by_id_and_the_others_stay() -> None:
+    book = FaultBook(Clock())
+    outage = book.add({"status": 503, "seconds": 300})
+    conflict = book.add({"status": 409, "email": "a@x.io"})
+    assert book.clear("fault-unknown") == 0
+    assert book.clear(outage.id) == 1
+    assert [fault.id for fault in book.active()] == [conflict.id]
+
+
 @pytest.mark.parametrize(
     "body",
     [
