@@ -147,6 +147,14 @@ KLAVIYO_AUTH_FAILED = Gauge(
     ["tenant"],
     registry=REGISTRY,
 )
+KLAVIYO_BUDGET_SHARE = Gauge(
+    "returnsync_klaviyo_budget_share",
+    "Share of every Klaviyo account's rate limits this worker plans for: the share of the sync "
+    "topic's partitions it owns; the fleet's shares add up to 1.",
+    registry=REGISTRY,
+)
+# Before its first assignment a worker plans for the whole budget, as a single worker does.
+KLAVIYO_BUDGET_SHARE.set(1)
 
 # --- reconciliation -------------------------------------------------------------------------
 RECONCILE_DRIFT_PROFILES = Gauge(

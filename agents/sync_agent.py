@@ -80,6 +80,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
+        # Klaviyo's limits are the fleet's: plan for our share of them (the full assignment here).
+        self.delivery.channels.plan_fleet_share(len(assigned))
         self.lag.assigned(((tp.topic, tp.partition) for tp in assigned), time.time())
         for attempt in itertools.count(1):
             try:

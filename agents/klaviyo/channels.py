@@ -7,6 +7,7 @@ account by the tenant it was configured for.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import httpx
@@ -18,17 +19,38 @@ from agents.klaviyo.jobs import JobTracker
 from agents.klaviyo.ratelimit import KLAVIYO_LIMITS, Budgets, Limit
 from agents.settings import Settings
 
+log = logging.getLogger(__name__)
+
 # Klaviyo's limits belong to the account, not to a Channels: every Channels built from settings
 # in one process (a worker's sync agent and its scheduled reconcile) spends one budget per
 # account and rate scale.
 _SHARED_BUDGETS: dict[tuple[str, str, float], Budgets] = {}
+# ... and to the fleet, not to a worker: this process's share of them (set_fleet_share).
+_fleet_share = 1.0
 
 
 def _account_budgets(account: KlaviyoAccount, scale: float) -> Budgets:
     key = (account.api_key, account.base_url, scale)
     if key not in _SHARED_BUDGETS:
-        _SHARED_BUDGETS[key] = Budgets(scale=scale)
+        _SHARED_BUDGETS[key] = Budgets(scale=scale, share=_fleet_share)
     return _SHARED_BUDGETS[key]
+
+
+def set_fleet_share(assigned: int, total: int) -> float:
+    """This worker owns `assigned` of the sync topic's `total` partitions: from now on every
+    budget of the process plans for that share of its account's limits (ratelimit.py says how a
+    change takes effect), so that the sync group's members together plan for the account's
+    limits once. A member assigned nothing keeps one partition's share, so that its scheduled
+    reconcile still runs: with more members than partitions, reconciles may overrun a little."""
+    global _fleet_share
+    share = min(1.0, max(1, assigned) / total)
+    if share != _fleet_share:
+        log.info("klaviyo budget share=%.3f (%d of %d sync partitions)", share, assigned, total)
+    _fleet_share = share
+    for budgets in _SHARED_BUDGETS.values():
+        budgets.set_share(share)
+    metrics.KLAVIYO_BUDGET_SHARE.set(share)
+    return share
 
 
 class Channel:
@@ -73,10 +95,12 @@ class Channel:
 
 class Channels:
     def __init__(
-        self, resolve: Callable[[str], KlaviyoAccount], make: Callable[[KlaviyoAccount], Channel]
+        self, resolve: Callable[[str], KlaviyoAccount], make: Callable[[KlaviyoAccount], Channel],
+        *, sync_partitions: int | None = None,
     ) -> None:
         self._resolve = resolve
         self._make = make
+        self._sync_partitions = sync_partitions
         self._by_account: dict[tuple[str, str], Channel] = {}
         self._by_tenant: dict[str, Channel] = {}
 
@@ -90,7 +114,13 @@ class Channels:
                 auth_pause_seconds=settings.klaviyo_auth_pause_seconds, **options,  # type: ignore[arg-type]
             )
 
-        return cls(settings.klaviyo_account, make)
+        return cls(settings.klaviyo_account, make, sync_partitions=settings.partitions)
+
+    def plan_fleet_share(self, assigned_partitions: int) -> None:
+        """The sync consumer now owns `assigned_partitions` of the sync topic: set_fleet_share.
+        Channels built by hand (tests, benchmarks) spend budgets of their own: nothing to share."""
+        if self._sync_partitions is not None:
+            set_fleet_share(assigned_partitions, self._sync_partitions)
 
     def for_tenant(self, tenant: str) -> Channel:
         channel = self._by_tenant.get(tenant)

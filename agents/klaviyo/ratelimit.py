@@ -6,14 +6,30 @@ them: a bucket of 750 refilling at 12.5/s lets ~1,500 requests into one 60 s win
 window is a bucket whose tokens come back exactly one window (plus a margin for network jitter)
 after they were spent, so no interval of that length ever holds more than the limit, whatever
 the server's alignment, and a steady backlog still uses the whole allowance.
+
+The limits belong to the account, and every worker of the fleet spends them. A worker plans for
+its `share` of them (agents/klaviyo/channels.py `set_fleet_share`: the share of the sync topic's
+partitions it owns), so that the workers' plans add up to no more than the account's limits:
+
+- floor(limit * share) tokens a window, the fleet's floors never adding up to more than the
+  limit. Below one token a window, one token every window / (limit * share): the average rate
+  holds, but a window may then see one request from each such worker, more than the limit.
+- A decrease binds at once: tokens already spent stay spent, so the worker waits until its
+  spends fall under the new limit.
+- An increase frees the extra tokens one window later (they are spent "now" on paper): the
+  partitions came from another worker, whose spends still count in Klaviyo's current window.
+- A new budget starts with the current share at once: a fresh process does not know what a
+  crashed predecessor spent in the last minute, nor does a newcomer wait for the workers it
+  relieves to stop spending their larger shares, so a rebalance may overrun one window by up to
+  the new worker's share.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -49,29 +65,54 @@ KLAVIYO_LIMITS: Mapping[str, Limit] = {
 }
 
 
+# limit * share is a float: 3 * (1/3) must still count as one whole token.
+_ROUNDING = 1e-9
+
+
+def planned(limit: int, seconds: float, share: float) -> tuple[int, float]:
+    """A worker's part of a `limit`-per-`seconds` window at `share`: (tokens, seconds each is held)."""
+    rate = limit * share
+    if rate >= 1 - _ROUNDING:
+        # floor: whatever the shares, sum(floor(limit * share_i)) <= limit when the shares sum to 1.
+        return math.floor(rate + _ROUNDING), seconds
+    return 1, seconds / rate  # below a token a window: keep the average rate
+
+
 class TokenWindow:
-    """`limit` tokens; a spent token returns `seconds` after it was spent."""
+    """`limit` tokens (this worker's share of them); a spent token returns `seconds` after it was
+    spent, or later when the share is below one token a window."""
 
     def __init__(self, limit: int, seconds: float) -> None:
-        self.limit = limit
+        self.fleet_limit = limit
         self.seconds = seconds
-        self._spent: deque[float] = deque()
+        self.limit = limit  # tokens this worker may have out at once
+        self.hold = seconds  # how long a token spent now stays out
+        self._returns: list[float] = []  # when each spent token comes back, ascending
 
     def _expire(self, now: float) -> None:
-        while self._spent and self._spent[0] + self.seconds <= now:
-            self._spent.popleft()
+        del self._returns[: bisect.bisect_right(self._returns, now)]
 
     def available(self, now: float) -> int:
         self._expire(now)
-        return self.limit - len(self._spent)
+        return max(0, self.limit - len(self._returns))
 
     def ready_at(self, now: float) -> float:
-        """When the next token is free: now, or when the oldest spent one returns."""
+        """When the next token is free: now, or when enough spent ones have returned (after a
+        decrease, more than one may have to)."""
         self._expire(now)
-        return now if len(self._spent) < self.limit else self._spent[0] + self.seconds
+        excess = len(self._returns) - self.limit
+        return now if excess < 0 else self._returns[excess]
 
     def spend(self, now: float) -> None:
-        self._spent.append(now)
+        bisect.insort(self._returns, now + self.hold)
+
+    def set_share(self, share: float, now: float) -> None:
+        limit, hold = planned(self.fleet_limit, self.seconds, share)
+        self._expire(now)
+        # An increase: the extra tokens come back one window from now, like tokens spent now.
+        for _ in range(limit - self.limit):
+            bisect.insort(self._returns, now + self.seconds)
+        self.limit, self.hold = limit, hold
 
 
 class EndpointBudget:
@@ -83,6 +124,16 @@ class EndpointBudget:
         self._windows = (TokenWindow(limit.burst_per_second, BURST_SECONDS + BURST_MARGIN),
                          TokenWindow(limit.steady_per_minute, STEADY_SECONDS + STEADY_MARGIN))
         self._blocked_until = -math.inf
+        self.share = 1.0
+
+    def set_share(self, share: float) -> None:
+        """Plan for `share` (0 < share <= 1) of `limit` from now on (see the module's docstring)."""
+        if not 0 < share <= 1:
+            raise ValueError(f"a budget share must be in (0, 1], not {share}")
+        now = self._clock()
+        for window in self._windows:
+            window.set_share(share, now)
+        self.share = share
 
     def available(self) -> int:
         """Requests that could go out right now without waiting: what a plan may spend on singles."""
@@ -125,8 +176,18 @@ class Budgets:
         *,
         scale: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        share: float = 1.0,
     ) -> None:
         self._budgets = {name: EndpointBudget(limit.scaled(scale), clock) for name, limit in limits.items()}
+        self.share = 1.0
+        # Nothing spent yet, and share <= 1 is a decrease: the share applies at once.
+        self.set_share(share)
+
+    def set_share(self, share: float) -> None:
+        """This worker's share of the account's limits (scaled), on every endpoint."""
+        for budget in self._budgets.values():
+            budget.set_share(share)
+        self.share = share
 
     def get(self, endpoint: str) -> EndpointBudget | None:
         return self._budgets.get(endpoint)
