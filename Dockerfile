@@ -6,7 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# .dockerignore lets in only what the package needs: pyproject.toml, README.md, streams/, agents/.
+# .dockerignore lets in only what the package needs: pyproject.toml, README.md, streams/, agents/, klaviyo_sandbox/.
 WORKDIR /src
 COPY . .
 RUN pip install . && rm -rf /src/build

@@ -188,7 +188,7 @@ WORKER_READY = Gauge(
 WEBHOOK_SOURCES = ("loop", "redo", "swap", "shopify", "aftership")
 WEBHOOK_RESULTS = ("accepted", "bad_signature", "not_json", "too_large", "no_secret", "unavailable")
 """The usual outcomes of POST /webhooks/{source} and POST /events (source `api`), as
-agents/webhooks.py counts them: 2xx, 401, 400, 413, 403 (no secret configured), 503 (the broker
+agents/worker/webhooks.py counts them: 2xx, 401, 400, 413, 403 (no secret configured), 503 (the broker
 did not acknowledge). Rarer results (bad_header, bad_tenant) appear on first use."""
 HELD_SOURCES = ("shopify",)
 """Platforms whose events can wait for the customer to be known (Shopify returns before orders)."""

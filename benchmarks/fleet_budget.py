@@ -50,12 +50,12 @@ from typing import Any
 
 import httpx
 
-from agents.broker import EmbeddedBroker, free_port
-from agents.processes import ChildProcess, worker_env
-from agents.publish import event_records, publish_records
-from agents.sandbox.admin import route_of
-from agents.sandbox.ratelimit import Limit, RateLimiter
-from agents.sandbox.validation import catalog
+from agents.commands.publish import event_records, publish_records
+from agents.devstack.broker import EmbeddedBroker, free_port
+from agents.devstack.processes import ChildProcess, worker_env
+from klaviyo_sandbox.admin import route_of
+from klaviyo_sandbox.ratelimit import Limit, RateLimiter
+from klaviyo_sandbox.validation import catalog
 from streams.demo import demo_events
 from streams.events import ReturnEvent
 from streams.projection import ProjectionConfig, klaviyo_events
@@ -69,7 +69,7 @@ BASELINE_WORKER = (
     "import sys\n"
     "from agents.klaviyo import ratelimit\n"
     "ratelimit.EndpointBudget.set_share = lambda self, share: None\n"
-    "from agents.cli import main\n"
+    "from agents.commands.cli import main\n"
     "sys.exit(main(['worker']))\n"
 )
 

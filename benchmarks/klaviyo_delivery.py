@@ -40,14 +40,14 @@ from typing import Any
 
 import httpx
 
-from agents.broker import free_port
+from agents.devstack.broker import free_port
+from agents.devstack.processes import ChildProcess
 from agents.klaviyo.accounts import KlaviyoAccount
 from agents.klaviyo.bodies import event_body, profile_import_body
 from agents.klaviyo.channels import Channel, Channels
 from agents.klaviyo.client import KlaviyoClient
 from agents.klaviyo.delivery import Delivery
 from agents.klaviyo.ratelimit import Budgets
-from agents.processes import ChildProcess
 from streams.demo import demo_events
 from streams.events import ReturnEvent
 from streams.outbox import SyncRecord

@@ -38,13 +38,13 @@ from typing import Any
 
 import httpx
 
-from agents.broker import EmbeddedBroker
+from agents.commands.publish import _progress, event_records, publish_records
+from agents.devstack.broker import EmbeddedBroker
 from agents.kafka import KafkaConnection
-from agents.publish import _progress, event_records, publish_records
-from agents.sandbox import SandboxServer
-from agents.sandbox.validation import catalog
 from agents.settings import Settings
 from agents.topic_admin import ensure_topics
+from klaviyo_sandbox import SandboxServer
+from klaviyo_sandbox.validation import catalog
 from streams.demo import RETURNS_WEIGHTS, demo_customers
 from streams.projection import ProjectionConfig, klaviyo_events
 
@@ -134,7 +134,7 @@ def replay(env: dict[str, str], args: argparse.Namespace) -> Replayed:
     """Run `returnsync replay` as a child; its peak RSS comes from wait4's resource usage."""
     started = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "replay", "--from-beginning",
+        [sys.executable, "-m", "agents.commands.cli", "replay", "--from-beginning",
          "--rate-share", str(args.rate_share), "--batch-size", str(args.batch_size)],
         env=env, cwd=REPO,
     )

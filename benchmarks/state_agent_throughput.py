@@ -23,10 +23,10 @@ from tempfile import mkdtemp
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.broker import EmbeddedBroker, free_port
+from agents.commands.publish import event_records, publish_records
+from agents.devstack.broker import EmbeddedBroker, free_port
+from agents.devstack.processes import ChildProcess, worker_env
 from agents.kafka import KafkaConnection
-from agents.processes import ChildProcess, worker_env
-from agents.publish import event_records, publish_records
 from agents.settings import Settings
 from agents.topic_admin import ensure_plan, ensure_topics
 from agents.topic_plan import sync_topic, topic_plan

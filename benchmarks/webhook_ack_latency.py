@@ -35,9 +35,9 @@ import aiohttp
 import httpx
 from aiokafka import AIOKafkaProducer
 
-from agents.broker import EmbeddedBroker, free_port
+from agents.devstack.broker import EmbeddedBroker, free_port
+from agents.devstack.processes import ChildProcess, worker_env
 from agents.kafka import KafkaConnection
-from agents.processes import ChildProcess, worker_env
 from agents.topic_admin import ensure_topics
 from streams.raw import RawWebhook, encode_raw
 from streams.signatures import sign

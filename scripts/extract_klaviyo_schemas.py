@@ -1,4 +1,4 @@
-"""Regenerate agents/sandbox/klaviyo_schemas.json from Klaviyo's published OpenAPI spec.
+"""Regenerate klaviyo_sandbox/klaviyo_schemas.json from Klaviyo's published OpenAPI spec.
 
 The sandbox validates request bodies against Klaviyo's own schemas, but it must run
 where ../shared is absent (wheels, containers), so the parts it needs are committed as
@@ -21,7 +21,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OAS = REPO.parent / "shared" / "reference" / "klaviyo-openapi-2026-07-15.json"
-DEFAULT_OUT = REPO / "agents" / "sandbox" / "klaviyo_schemas.json"
+DEFAULT_OUT = REPO / "klaviyo_sandbox" / "klaviyo_schemas.json"
 
 # The operations returnsync calls. Body-less GETs are listed for their rate limits.
 OPERATIONS = (

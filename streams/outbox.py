@@ -139,3 +139,13 @@ def admit(
     for delivery in deliveries:
         (fresh if delivery.version >= floor(delivery.customer_key) else stale).append(delivery)
     return fresh, stale
+
+
+def sync_record_bytes(state: bytes, event: bytes, applied: Applied, ingested_at: datetime) -> bytes:
+    """The outbox record (streams.outbox format) spliced from bytes already encoded.
+
+    Both parts are valid JSON objects here (the state was just dumped; the event just parsed),
+    so splicing skips encoding the state a second time on the hottest path.
+    """
+    tail = orjson.dumps({"applied": applied.value, "ingested_at": format_time(ingested_at)})
+    return b'{"state":' + state + b',"event":' + event + b"," + tail[1:]

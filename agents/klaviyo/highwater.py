@@ -18,9 +18,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from agents.broker import partition_ends
 from agents.kafka import KafkaConnection
 from agents.klaviyo.versions import Floor, MemoryVersions
+from agents.offsets import partition_ends
 
 log = logging.getLogger(__name__)
 JOB_PREFIX = "job:"  # customer keys are "<tenant>/<email>" and tenants hold no ':'
@@ -83,7 +83,7 @@ class KafkaVersions(MemoryVersions):
                     for message in messages:
                         self._apply(tp.partition, message.key, message.value)
                         loaded += 1
-                # ListOffsets can fall a batch short on Tansu (agents/broker.py: partition_ends);
+                # ListOffsets can fall a batch short on Tansu (agents/devstack/broker.py: partition_ends);
                 # a fetch's highwater is exact, so the newest floors are never left unread.
                 ends = partition_ends(ends, {tp: consumer.highwater(tp) for tp in tps})
         finally:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from agents.broker import EmbeddedBroker, free_port
+from agents.commands.publish import event_records, publish_records
+from agents.devstack.broker import EmbeddedBroker, free_port
+from agents.devstack.processes import ChildProcess, worker_env
 from agents.kafka import KafkaConnection
-from agents.processes import ChildProcess, worker_env
-from agents.publish import event_records, publish_records
 from agents.settings import Settings
 from agents.topic_admin import apply_plan, ensure_plan
 from agents.topic_plan import topic_plan

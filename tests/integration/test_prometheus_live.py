@@ -26,12 +26,11 @@ import orjson
 import pytest
 import yaml
 
-from agents.app import build_app
-from agents.broker import free_port
+from agents.devstack.broker import free_port
+from agents.devstack.processes import ChildProcess
 from agents.kafka import KafkaConnection
-from agents.processes import ChildProcess
 from agents.settings import Settings
-from agents.web_views import is_ready
+from agents.worker.app import build_app
 from streams.demo import demo_events
 from streams.signatures import sign
 from tests.integration.conftest import WorkerFactory
@@ -368,7 +367,7 @@ def test_not_ready_before_the_consumer_starts() -> None:
            "KLAVIYO_API_KEY": "unused", "RETURNSYNC_APP_ID": "not-started", "RETURNSYNC_DEV": "1"}
 
     async def check() -> bool:
-        return is_ready(build_app(Settings.from_env(env), KafkaConnection("127.0.0.1:1")))
+        return build_app(Settings.from_env(env), KafkaConnection("127.0.0.1:1")).ready()
 
     assert asyncio.run(check()) is False
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from agents.processes import ChildProcess
+from agents.devstack.processes import ChildProcess
 from streams.demo import demo_events
 from streams.events import EventType, ReturnEvent, ReturnItem
 from tests.integration.conftest import WorkerFactory

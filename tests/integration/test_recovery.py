@@ -29,7 +29,7 @@ def test_worker_killed_mid_stream_recovers_table_and_converges(
 
     publish(second)
     # Same app id: same group, same changelog, and a backlog waiting. This is where Faust's first
-    # recovery dropped events (faust-streaming/faust#596, worked around in agents/app.py).
+    # recovery dropped events (faust-streaming/faust#596, worked around in agents/worker/app.py).
     restarted = start_worker(index=1)
     assert_klaviyo_matches(expected, sandbox, within=180)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from agents.processes import ChildProcess
-from agents.publish import event_records
-from agents.state_agent import expected_partition
+from agents.commands.publish import event_records
+from agents.devstack.processes import ChildProcess
 from streams.demo import demo_events
+from streams.partitioning import expected_partition
 from streams.projection import ProjectionConfig, klaviyo_events
 from tests.integration.conftest import PARTITIONS, WorkerFactory
 from tests.integration.harness import (
@@ -43,7 +43,7 @@ def cli_env(bootstrap_servers: str, sandbox: SandboxThread, prefix: str) -> dict
 
 def returnsync(args: list[str], env: dict[str, str], within: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agents.cli", *args], env={**os.environ, **env},
+        [sys.executable, "-m", "agents.commands.cli", *args], env={**os.environ, **env},
         capture_output=True, text=True, timeout=within, check=False,
     )
 

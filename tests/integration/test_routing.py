@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from agents.app import TABLE_NAME
-from agents.state_agent import expected_partition
+from agents.topic_plan import STATE_TABLE as TABLE_NAME
 from streams.demo import demo_events
+from streams.partitioning import expected_partition
 from streams.state import state_to_dict
 from tests.integration.conftest import PARTITIONS, WorkerFactory
 from tests.integration.harness import SandboxThread, expected_klaviyo, wait_until

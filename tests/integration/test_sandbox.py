@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from agents.sandbox import SandboxServer
+from klaviyo_sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 
@@ -884,7 +884,7 @@ def test_committed_schemas_equal_a_fresh_extraction(tmp_path: Path) -> None:
         capture_output=True,
         timeout=60,
     )
-    committed = REPO / "agents" / "sandbox" / "klaviyo_schemas.json"
+    committed = REPO / "klaviyo_sandbox" / "klaviyo_schemas.json"
     assert out.read_text() == committed.read_text(), "rerun scripts/extract_klaviyo_schemas.py and commit"
 
 
@@ -913,7 +913,7 @@ def _free_port() -> int:
 
 async def test_serve_runs_until_sigterm() -> None:
     port = _free_port()
-    code = f"from agents.sandbox import serve; serve('127.0.0.1', {port}, {{'k1': 'default'}}, 1.0)"
+    code = f"from klaviyo_sandbox import serve; serve('127.0.0.1', {port}, {{'k1': 'default'}}, 1.0)"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, cwd=REPO, stdout=asyncio.subprocess.PIPE, env=dict(os.environ)
     )

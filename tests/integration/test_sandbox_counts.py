@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from agents.sandbox import SandboxServer
+from klaviyo_sandbox import SandboxServer
 from tests.integration.test_sandbox import (
     HEADERS,
     KEYS,

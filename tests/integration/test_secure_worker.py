@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.broker import free_port
-from agents.processes import ChildProcess, worker_env
+from agents.devstack.broker import free_port
+from agents.devstack.processes import ChildProcess, worker_env
 from streams.codec import encode_event
 from streams.demo import demo_events
 from tests.integration.harness import (
@@ -38,7 +38,7 @@ REFUSAL_SECONDS = 45.0
 
 
 def returnsync(args: list[str], env: dict[str, str], within: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agents.cli", *args], env={**os.environ, **env},
+    return subprocess.run([sys.executable, "-m", "agents.commands.cli", *args], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=within, check=False)
 
 

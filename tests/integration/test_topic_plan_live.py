@@ -16,16 +16,16 @@ from pathlib import Path
 
 import orjson
 
-from agents.broker import runs_tansu
+from agents.devstack.processes import worker_env
 from agents.kafka import KafkaConnection
-from agents.processes import worker_env
+from agents.offsets import runs_tansu
 from agents.topic_admin import apply_plan, ensure_topics
 from agents.topic_plan import topic_plan
 from tests.integration.conftest import PARTITIONS, planned_settings
 
 
 def returnsync(args: list[str], env: dict[str, str], within: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agents.cli", *args], env={**os.environ, **env},
+    return subprocess.run([sys.executable, "-m", "agents.commands.cli", *args], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=within, check=False)
 
 
@@ -83,7 +83,8 @@ def test_an_unreachable_cluster_is_one_line_and_a_quick_non_zero_exit(prefix: st
 
 
 def test_the_embedded_broker_is_recognised_as_tansu(kafka: KafkaConnection) -> None:
-    """Only there does the recovery workaround run (agents/faust_fixes.py); Kafka reports another id."""
+    """Only there does the recovery workaround run (agents/worker/faust_fixes.py); Kafka reports
+    another id."""
     assert asyncio.run(runs_tansu(kafka)) is True
 
 

@@ -117,7 +117,7 @@ def requests(draw: Any) -> Request:
 
 
 def expected_status(request: Request) -> int:
-    """The answer the rules in agents/webhooks.py promise, computed independently of them."""
+    """The answer the rules in agents/worker/webhooks.py promise, computed independently of them."""
     if request.path == "/events":
         if len(request.body) > LIMIT:
             return 413

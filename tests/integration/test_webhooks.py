@@ -192,7 +192,7 @@ def test_events_endpoint_takes_valid_batches_and_refuses_invalid_ones_whole(stac
 def publish_cli(stack: Stack, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
            "RETURNSYNC_TOPIC_PREFIX": stack.prefix}
-    return subprocess.run([sys.executable, "-m", "agents.cli", "publish", str(path), *args],
+    return subprocess.run([sys.executable, "-m", "agents.commands.cli", "publish", str(path), *args],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
 
 

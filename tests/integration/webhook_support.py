@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.broker import free_port
-from agents.processes import ChildProcess, worker_env
+from agents.devstack.broker import free_port
+from agents.devstack.processes import ChildProcess, worker_env
 from agents.settings import SOURCES_WITH_SECRETS
 from streams.adapters import normalize
 from streams.events import Customer, ReturnEvent

@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from agents.broker import free_port
-from agents.cli import DEFAULT_SANDBOX_KEY
-from agents.sandbox.admin import PREFIX as SANDBOX_ADMIN_PREFIX
-from agents.sandbox.server import SandboxServer
+from agents.commands.cli import DEFAULT_SANDBOX_KEY
+from agents.devstack.broker import free_port
 from agents.settings import Settings
+from klaviyo_sandbox.admin import PREFIX as SANDBOX_ADMIN_PREFIX
+from klaviyo_sandbox.server import SandboxServer
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -354,7 +354,7 @@ def test_third_party_healthchecks_use_the_images_documented_endpoints():
 def test_worker_healthcheck_is_readiness_and_tolerates_a_rebalance(worker):
     url = check_url(worker)
     assert url is not None and urlsplit(url).path == "/ready"
-    assert '@app.page("/ready")' in (REPO / "agents" / "web_views.py").read_text()
+    assert '@app.page("/ready")' in (REPO / "agents" / "worker" / "views.py").read_text()
     check = SERVICES[worker]["healthcheck"]
     # A rebalance makes /ready 503 for seconds: it takes a minute of failures to be unhealthy,
     # and a first start gets two minutes to recover its tables.

@@ -26,8 +26,8 @@ from agents.klaviyo.plan import (
     plan_profiles,
     profile_writes,
 )
-from agents.sandbox import payloads
-from agents.sandbox.rules import consent_fields
+from klaviyo_sandbox import payloads
+from klaviyo_sandbox.rules import consent_fields
 from streams.demo import demo_events
 from streams.events import Customer, EventType, ReturnEvent
 from streams.outbox import CustomerDelivery, SyncRecord, admit, coalesce

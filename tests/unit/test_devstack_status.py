@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from agents import metrics
-from agents.devstack import _WANTED, COUNTERS, RATE_WINDOW, fit, rates, status_line, totals_from_metrics
+from agents.devstack.stack import _WANTED, COUNTERS, RATE_WINDOW, fit, rates, status_line, totals_from_metrics
 
 # --- rates -----------------------------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ def test_status_line_without_metrics_says_it_is_waiting():
 def test_terminal_width_falls_back_when_the_stream_has_no_size(tmp_path):
     from io import StringIO
 
-    from agents.devstack import _terminal_width
+    from agents.devstack.stack import _terminal_width
 
     assert _terminal_width(StringIO()) == 120
     with open(tmp_path / "log", "w") as file:

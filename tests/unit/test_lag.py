@@ -1,4 +1,4 @@
-"""Lag arithmetic (agents/lag.py): messages against what was processed or delivered, seconds
+"""Lag arithmetic (agents/worker/lag.py): messages against what was processed or delivered, seconds
 from the oldest undelivered record, growing while a partition is stuck."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from agents import metrics
-from agents.broker import partition_ends
-from agents.lag import DeliveryLag, Progress, age, report_lag
+from agents.offsets import partition_ends
+from agents.worker.lag import DeliveryLag, Progress, age, report_lag
 
 SYNC = ("app-klaviyo-sync", 0)
 T0 = 1_800_000_000.0

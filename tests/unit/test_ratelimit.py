@@ -17,8 +17,8 @@ from agents.klaviyo.ratelimit import (
     Limit,
     TokenWindow,
 )
-from agents.sandbox.ratelimit import Limit as SandboxLimit
-from agents.sandbox.ratelimit import RateLimiter
+from klaviyo_sandbox.ratelimit import Limit as SandboxLimit
+from klaviyo_sandbox.ratelimit import RateLimiter
 
 
 class Clock:

@@ -18,8 +18,8 @@ import pytest
 from agents.klaviyo.accounts import KlaviyoAccount
 from agents.klaviyo.channels import Channel, Channels
 from agents.klaviyo.client import RetryPolicy
+from agents.klaviyo.reconcile import Repair, Verdict, _apply_floor, repair, verdict
 from agents.klaviyo.versions import Floor, MemoryVersions
-from agents.reconcile import Repair, Verdict, _apply_floor, repair, verdict
 from streams.demo import demo_events
 from streams.projection import ProjectionConfig
 from streams.reducer import apply_event

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.sandbox.ratelimit import Limit, RateLimiter
+from klaviyo_sandbox.ratelimit import Limit, RateLimiter
 
 
 class Clock:

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from agents.sandbox.faults import FaultBook, FaultError
-from agents.sandbox.merge import patch_properties
-from agents.sandbox.store import (
+from klaviyo_sandbox.faults import FaultBook, FaultError
+from klaviyo_sandbox.merge import patch_properties
+from klaviyo_sandbox.store import (
     Account,
     EventRecord,
     ImportErrorRow,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from agents.sandbox import rules
-from agents.sandbox.validation import catalog, parse_date_time, validate
+from klaviyo_sandbox import rules
+from klaviyo_sandbox.validation import catalog, parse_date_time, validate
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 NULLABLE_TEXT = {"type": "string", "nullable": True}

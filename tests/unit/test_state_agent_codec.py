@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from agents.state_agent import DecodedStates, dump_state, sync_record_bytes
-from streams.codec import encode_event
+from agents.worker.fold import DecodedStates
+from streams.codec import encode_event, encode_state
 from streams.demo import demo_events
-from streams.outbox import SyncRecord, decode_sync_record
+from streams.outbox import SyncRecord, decode_sync_record, sync_record_bytes
 from streams.reducer import Applied, apply_event, reduce_events
 
 AT = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
@@ -18,7 +18,7 @@ def test_spliced_sync_record_decodes_to_the_same_record() -> None:
     state = reduce_events(events)
     assert state is not None
     last = events[-1]
-    spliced = sync_record_bytes(dump_state(state), encode_event(last), Applied.OUT_OF_ORDER, AT)
+    spliced = sync_record_bytes(encode_state(state), encode_event(last), Applied.OUT_OF_ORDER, AT)
     expected = SyncRecord(state=state, event=last, applied=Applied.OUT_OF_ORDER, ingested_at=AT)
     assert decode_sync_record(spliced) == expected
 
@@ -28,11 +28,11 @@ def test_decoded_states_serve_only_while_the_stored_bytes_match() -> None:
     first = apply_event(None, events[0]).state
     second = apply_event(first, events[1]).state
     cache = DecodedStates(capacity=2)
-    stored = dump_state(first)
+    stored = encode_state(first)
     cache.put(b"k", stored, first)
     assert cache.get(b"k", stored) is first
     assert cache.get(b"k", None) is None
-    newer = dump_state(second)
+    newer = encode_state(second)
     assert cache.get(b"k", newer) == second, "different bytes must be decoded, not served stale"
 
 
@@ -41,5 +41,5 @@ def test_decoded_states_stay_bounded() -> None:
     assert state is not None
     cache = DecodedStates(capacity=2)
     for key in (b"a", b"b", b"c"):
-        cache.put(key, dump_state(state), state)
+        cache.put(key, encode_state(state), state)
     assert len(cache._entries) == 2 and b"a" not in cache._entries

@@ -10,9 +10,16 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.normalize_agent import HELD_BYTES_PER_ORDER, Hold, decode_customer, encode_customer, join_key
 from agents.settings import Settings
-from agents.webhooks import Refused, acknowledged, kept_headers, parse_events, read_body, receive_webhook
+from agents.worker.normalize import HELD_BYTES_PER_ORDER, Hold, decode_customer, encode_customer, join_key
+from agents.worker.webhooks import (
+    Refused,
+    acknowledged,
+    kept_headers,
+    parse_events,
+    read_body,
+    receive_webhook,
+)
 from streams.adapters import normalize
 from streams.events import Customer
 from streams.signatures import sign

@@ -1,0 +1,105 @@
+"""`returnsync reconcile` and `replay --dry-run`: report the drift between the state derived from
+returns.events (agents/commands/replay.py's scan) and Klaviyo, and optionally repair it
+(agents/klaviyo/reconcile.py). The report goes to the operator's terminal (stdout) and may show a
+few emails as examples; logs and the drift gauge carry counts only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from agents import metrics
+from agents.commands.replay import Selection, open_consumer, rate_limited, scan, share
+from agents.klaviyo.channels import Channels
+from agents.klaviyo.client import KlaviyoError
+from agents.klaviyo.reconcile import FloorsUnreadable, compare, read_floors, repair
+from agents.klaviyo.versions import MemoryVersions
+from agents.settings import Settings
+from agents.topic_plan import versions_topic
+from streams.state import CustomerState
+
+
+async def report_drift(
+    settings: Settings, states: Mapping[str, CustomerState], *, fix: bool = False,
+    rescan: Callable[[], Awaitable[Mapping[str, CustomerState]]] | None = None,
+) -> int:
+    """Print the drift report; exit code 0 when there is none (or it was all repaired), 1 when
+    there is, 2 when Klaviyo or the floors could not be read (so a failure never passes for drift
+    or for none). `rescan` derives the state again when a repair must catch up with live delivery."""
+    channels = Channels.from_settings(settings)
+    try:
+        try:
+            drift = await compare(channels, states, settings.projection)
+        except KlaviyoError as exc:
+            print(f"could not read Klaviyo profiles: {exc}", file=sys.stderr)
+            return 2
+        metrics.RECONCILE_DRIFT_PROFILES.set(len(drift.drifted))
+        print(drift.report())
+        if not (drift.drifted and fix):
+            return 1 if drift.drifted else 0
+        newest, attempts = dict(states), 0
+
+        async def current(keys: Sequence[str]) -> Mapping[str, CustomerState]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and rescan is not None:  # a retry: live delivery moved on meanwhile
+                newest.update(await rescan())
+            return {key: newest[key] for key in keys if key in newest}
+
+        async def floors(keys: Sequence[str]) -> MemoryVersions:
+            return await read_floors(settings.kafka(), versions_topic(settings), keys)
+
+        try:
+            fixed = await repair(channels, drift.drifted, current, floors, settings.projection,
+                                 unseen_ok=True)
+        except (KlaviyoError, FloorsUnreadable) as exc:
+            print(f"repair stopped: {exc}", file=sys.stderr)
+            return 2
+        print(fixed.report())
+        metrics.RECONCILE_DRIFT_PROFILES.set(len(drift.drifted) - len(fixed.repaired))
+        return 0 if fixed.resolved else 1
+    finally:
+        await channels.aclose()
+
+
+async def dry_run(settings: Settings, selection: Selection) -> int:
+    """`replay --dry-run`: the drift of the profiles the replay would write. Reads only."""
+    consumer = await open_consumer(settings, None)
+    try:
+        scanned = await scan(consumer, settings.topics.events, selection)
+    finally:
+        await consumer.stop()
+    return await report_drift(settings, scanned.touched())
+
+
+async def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    consumer = await open_consumer(settings, None)
+    try:
+        scanned = await scan(consumer, settings.topics.events, Selection(tenant=args.tenant))
+    finally:
+        await consumer.stop()
+    keys = sorted(scanned.states)
+    if args.sample and args.sample < len(keys):
+        keys = random.sample(keys, args.sample)  # a sample, not a secret
+    states = {key: scanned.states[key] for key in keys}
+
+    async def rescan() -> Mapping[str, CustomerState]:
+        consumer = await open_consumer(settings, None)
+        try:
+            return (await scan(consumer, settings.topics.events, Selection(tenant=args.tenant),
+                               progress=False)).states
+        finally:
+            await consumer.stop()
+
+    return await report_drift(rate_limited(settings, args.rate_share), states, fix=args.repair, rescan=rescan)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sample", type=int, default=1000, help="customers to compare (0: all)")
+    parser.add_argument("--repair", action="store_true", help="write the derived profile where it drifted")
+    parser.add_argument("--tenant", help="only this tenant's customers")
+    parser.add_argument("--rate-share", type=share, default=0.5,
+                        help="share of the account's Klaviyo limits to use (default 0.5)")

@@ -1,6 +1,0 @@
-"""A local Klaviyo: the API slice returnsync uses, with Klaviyo's validation, rate limits,
-consent refusal and injectable faults, plus /_sandbox/ endpoints to inspect what arrived."""
-
-from agents.sandbox.server import SandboxServer, serve
-
-__all__ = ["SandboxServer", "serve"]

@@ -1,0 +1,237 @@
+"""The sync agent: sync records -> Klaviyo, on a consumer of its own.
+
+It is deliberately not a Faust stream. Faust feeds every agent from one fetcher, so a sync agent
+stuck behind a Klaviyo outage would fill its buffer and starve the state agent, and Faust's
+shutdown would wait on it forever. A separate consumer group pauses only itself, commits only
+after Klaviyo accepted a batch (at-least-once), and gives up its in-flight work on revocation.
+
+Ordering per customer holds because one customer's records share a partition and batches are
+sent one after another; where that is not enough (redelivery re-batched after a crash, zombie
+producers, bulk jobs applied late) the version floors of agents/klaviyo/versions.py decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from agents import metrics
+from agents.klaviyo.channels import Channels
+from agents.klaviyo.delivery import Delivery
+from agents.klaviyo.highwater import KafkaVersions
+from agents.klaviyo.pipeline import Pipeline
+from agents.offsets import partition_ends
+from agents.topic_plan import versions_topic
+from agents.worker.lag import INTERVAL_SECONDS, DeliveryLag, report_lag
+from agents.worker.runtime import Runtime
+from streams.deadletter import dead_letter
+from streams.errors import Reason, Stage
+from streams.outbox import SyncRecord, decode_sync_record
+
+log = logging.getLogger(__name__)
+PIPELINE_DEPTH = 4
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Revoked: stop sending, let accepted bulk jobs finish (bounded), commit what settled.
+    Assigned: load the partitions' version floors before anything is delivered.
+
+    aiokafka hands the new partitions to the fetcher before it calls `on_partitions_assigned`,
+    so getmany can return their records while the floors are still loading; `floors_loaded`
+    holds delivery back until they are in (a fresh worker has none in memory, and a stale
+    snapshot admitted then would overwrite a newer profile)."""
+
+    def __init__(
+        self, delivery: Delivery, pipeline: Pipeline, versions: KafkaVersions, fence_seconds: float,
+        lag: DeliveryLag,
+    ) -> None:
+        self.delivery = delivery
+        self.pipeline = pipeline
+        self.versions = versions
+        self.fence_seconds = fence_seconds
+        self.lag = lag
+        self.inflight: asyncio.Task[Any] | None = None
+        self.generation = 0
+        self.floors_loaded = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.generation += 1
+        self.floors_loaded.clear()
+        task = self.inflight
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        deadline = time.monotonic() + self.fence_seconds
+        await self.delivery.quiesce(self.fence_seconds)
+        await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
+        revoked = list(revoked)
+        self.versions.forget_partitions(tp.partition for tp in revoked)
+        self.lag.forget((tp.topic, tp.partition) for tp in revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        assigned = list(assigned)
+        # Klaviyo's limits are the fleet's: plan for our share of them (the full assignment here).
+        self.delivery.channels.plan_fleet_share(len(assigned))
+        self.lag.assigned(((tp.topic, tp.partition) for tp in assigned), time.time())
+        for attempt in itertools.count(1):
+            try:
+                await self.versions.load(tp.partition for tp in assigned)
+                break
+            except Exception as exc:  # delivering without floors could write stale state: wait
+                log.warning("version floors not loaded (attempt %d, retrying): %r", attempt, exc)
+                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+        self.floors_loaded.set()
+
+
+def register(runtime: Runtime) -> None:
+    settings = runtime.settings
+
+    async def send_dead_letter(key: str, record: bytes) -> None:
+        await runtime.deadletter.send(key=key.encode(), value=record)
+
+    @runtime.app.task  # type: ignore[untyped-decorator]
+    async def klaviyo_sync() -> None:
+        channels = Channels.from_settings(settings)
+        versions = KafkaVersions(runtime.kafka, versions_topic(settings), settings.partitions)
+        await versions.start()
+        delivery = Delivery(channels, settings.projection, send_dead_letter, versions)
+        consumer = AIOKafkaConsumer(
+            runtime.sync_topic_name,
+            **runtime.kafka.client_options(),
+            group_id=f"{settings.app_id}-klaviyo-sync",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(max(0.5, min(3.0, settings.session_timeout / 4)) * 1000),
+            # A batch may wait out a long Klaviyo outage before it is acknowledged.
+            max_poll_interval_ms=3_600_000,
+        )
+        lag = DeliveryLag()
+        pipeline = Pipeline(lambda offsets: _commit(consumer, offsets, lag), PIPELINE_DEPTH)
+        # The group waits for a revoking member up to the session timeout: fence within half.
+        listener = _Rebalance(delivery, pipeline, versions, settings.session_timeout / 2, lag)
+        consumer.subscribe([runtime.sync_topic_name], listener=listener)
+        await consumer.start()
+        # On its own schedule: while a batch waits on Klaviyo the delivery loop is not running.
+        measuring = asyncio.ensure_future(_measure_sync_lag(consumer, lag))
+        try:
+            while True:
+                await _deliver_next_batch(consumer, delivery, listener, runtime)
+        finally:
+            measuring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await measuring
+            report_lag("sync", [])
+            pipeline.cancel_all()
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            await versions.stop()
+            await channels.aclose()
+
+
+async def _deliver_next_batch(
+    consumer: AIOKafkaConsumer, delivery: Delivery, listener: _Rebalance, runtime: Runtime
+) -> None:
+    settings, pipeline = runtime.settings, listener.pipeline
+    await pipeline.commit_settled()
+    if pipeline.full:
+        await pipeline.wait_head()
+        return
+    generation = listener.generation
+    # With batches settling, come back soon to commit them rather than waiting out a quiet topic.
+    wait = settings.sync_batch_seconds if not len(pipeline) else min(settings.sync_batch_seconds, 0.1)
+    batches = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=settings.sync_batch_size)
+    for tp, batch in batches.items():
+        if batch:
+            listener.lag.fetched((tp.topic, tp.partition), batch[0].offset, batch[0].timestamp,
+                                 batch[-1].timestamp)
+    messages = [message for partition in batches.values() for message in partition]
+    if not messages:
+        return
+    records = await _decode(messages, runtime)
+    await listener.floors_loaded.wait()
+    if listener.generation != generation:
+        return  # revoked meanwhile: these partitions may be another worker's now
+    listener.inflight = asyncio.ensure_future(delivery.submit(records))
+    try:
+        settled = await listener.inflight
+    except asyncio.CancelledError:
+        if not listener.inflight.cancelled():
+            raise  # we are being stopped, not revoked
+        log.info("sync batch cancelled by a rebalance; the new owner redelivers it")
+        return
+    finally:
+        listener.inflight = None
+    pipeline.add({tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}, settled)
+
+
+async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], lag: DeliveryLag) -> None:
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, KafkaError) as exc:
+        # Lost the partitions meanwhile: the new owner redelivers; the version floors and
+        # idempotent writes make that harmless.
+        log.warning("sync commit failed (redelivery follows): %s", exc)
+        return
+    for tp, offset in offsets.items():
+        lag.settled((tp.topic, tp.partition), offset)
+
+
+async def _decode(messages: list[Any], runtime: Runtime) -> list[SyncRecord]:
+    records = []
+    for message in messages:
+        try:
+            records.append(decode_sync_record(message.value))
+        except Exception as exc:  # written by us: a bad one is a bug, kept for replay
+            log.exception("unreadable sync record offset=%s", message.offset)
+            metrics.DEADLETTERS.labels(Stage.SYNC.value, Reason.PROCESSING_ERROR.value).inc()
+            await runtime.deadletter.send(
+                key=message.key,
+                value=dead_letter(stage=Stage.SYNC, reason=Reason.PROCESSING_ERROR, error=repr(exc),
+                                  original=message.value, at=datetime.now(UTC)),
+            )
+    return records
+
+
+async def _measure_sync_lag(consumer: AIOKafkaConsumer, lag: DeliveryLag) -> None:
+    """Sync-topic lag every INTERVAL_SECONDS: committed (delivered) offset vs the broker's end."""
+    failing = False
+    while True:
+        await asyncio.sleep(INTERVAL_SECONDS)
+        try:
+            await asyncio.wait_for(_report_sync_lag(consumer, lag), timeout=4 * INTERVAL_SECONDS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker or coordinator is away: keep the last values
+            if not failing:
+                log.warning("sync lag not measured (retrying every %.0fs): %r", INTERVAL_SECONDS, exc)
+            failing = True
+        else:
+            failing = False
+
+
+async def _report_sync_lag(consumer: AIOKafkaConsumer, lag: DeliveryLag) -> None:
+    assignment = list(consumer.assignment())
+    keys = {(tp.topic, tp.partition): tp for tp in assignment}
+    for key, generation in lag.unseeded(keys).items():
+        tp = keys[key]
+        committed = await consumer.committed(tp)
+        if committed is None:  # nothing committed yet: the group starts from the beginning
+            committed = (await consumer.beginning_offsets([tp]))[tp]
+        lag.seed(key, committed, generation)
+    listed = await consumer.end_offsets(assignment) if assignment else {}
+    ends = partition_ends(listed, {tp: consumer.highwater(tp) for tp in assignment})
+    # Assigned at the start of this measurement and still assigned: a rebalance may have run.
+    current = set(consumer.assignment())
+    report_lag("sync", lag.measure(
+        {(tp.topic, tp.partition): end for tp, end in ends.items() if tp in current}, time.time()))

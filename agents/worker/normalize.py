@@ -1,0 +1,243 @@
+"""The normalize agent: returns.raw -> platform adapter -> canonical events on returns.events.
+
+Decode the envelope, call the pure adapter (`streams.adapters.normalize`), hand the events off
+keyed by customer key. Anything that cannot become events goes to the dead-letter topic (stage
+`normalize`, the adapter's reason, the envelope as received); well-formed webhooks that mean
+nothing canonical are counted as skips, unmapped platform statuses as unknown statuses.
+
+Shopify join (see `streams.adapters.shopify` for the protocol). `returns/*` and
+`refunds/create` do not name the customer; `orders/create` does. `returns.raw` is keyed
+`<source>:<return id>` (orders by nothing), so an order and its returns land in unrelated
+partitions. Two changelog-backed tables hold the join, both keyed by order key
+(`<tenant>/<order id>`): `shopify_order_customers` (order -> customer, or a marker for an order
+without an email) and `shopify_held` (order -> webhooks waiting for that order). To make them
+co-partitioned with what reads and writes them, every Shopify webhook that takes part in the join
+is first re-keyed by its order key through the internal topic
+`<app id>-<returns.raw>-shopify_order-repartition` (Faust's naming); the agent reads both
+topics, and only touches the tables for a record read from that topic, under its own key, in the
+partition Kafka's partitioner puts the key in. So the order, its returns and their state always
+meet in one partition of one worker, and survive restarts and rebalances with it.
+
+- order first: its returns find the customer and are normalized at once.
+- return first: it is parked under its order key (never sent anywhere); the order's arrival
+  re-normalizes every parked webhook, oldest first, then deletes them. `HELD_EVENTS{source}`
+  shows how many wait.
+- order without an email (POS, drafts): parked returns, and later ones, are dead-lettered
+  (`missing_field`): they cannot be attributed to anyone, and guessing would be the wrong profile.
+- bounds: at most `shopify_hold_per_order` webhooks (and 768 KiB, one changelog record) per
+  order and `shopify_hold_max` per worker; a webhook over a bound is dead-lettered with reason
+  `missing_field` and an error saying the hold was full, never dropped. Replay it from the
+  dead-letter topic once its order is known.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from agents import metrics
+from agents.settings import SOURCES_WITH_SECRETS
+from agents.topic_plan import SHOPIFY_CUSTOMERS_TABLE, SHOPIFY_HELD_TABLE, shopify_join_topic
+from agents.worker.runtime import Runtime
+from streams.adapters import Normalized, Skip, normalize, shopify
+from streams.adapters.common import tenant_of
+from streams.adapters.payload import load_object, required_text
+from streams.codec import encode_event
+from streams.deadletter import dead_letter
+from streams.errors import Reason, RejectedInput, Stage
+from streams.events import Customer
+from streams.partitioning import expected_partition
+from streams.raw import RawWebhook, decode_raw
+
+log = logging.getLogger(__name__)
+
+HELD_BYTES_PER_ORDER = 768 * 1024
+"""One table value is one changelog record; Kafka's default limit is 1 MB a record."""
+NO_EMAIL = b"null"
+"""`shopify_order_customers` value of an order known to have no customer email."""
+
+
+def join_key(raw: RawWebhook, result: Normalized) -> str | None:
+    """The order key a Shopify webhook joins on, or None when it takes no part in the join."""
+    if result.awaiting_order is not None:
+        return result.awaiting_order
+    if result.order_customer is not None:
+        return result.order_customer.order_key
+    if result.skipped is Skip.NO_CUSTOMER:  # only orders/* say this: an order without an email
+        return shopify.order_key(tenant_of(raw), required_text(load_object(raw.body), "id"))
+    return None
+
+
+def encode_customer(customer: Customer) -> bytes:
+    return orjson.dumps({name: getattr(customer, name) for name in Customer.__slots__})
+
+
+def decode_customer(value: bytes | None) -> Customer | None:
+    fields = orjson.loads(value) if value is not None else None
+    return Customer(**fields) if fields else None
+
+
+class Hold:
+    """Webhooks parked per order key in a changelog-backed table, bounded per order and in total.
+
+    Values are JSON lists of `{"value": <returns.raw envelope>, "origin": {...}}`, oldest first.
+    `count` is this worker's total, recounted from the table on a timer (rebalances move keys).
+    """
+
+    def __init__(self, table: Any, per_order: int, total: int) -> None:
+        self.table, self.per_order, self.total, self.count = table, per_order, total, 0
+
+    def park(self, key: str, value: bytes, origin: dict[str, Any]) -> str | None:
+        """None once parked; otherwise why it could not be (the hold is full)."""
+        parked = self._entries(key)
+        if len(parked) >= self.per_order:
+            return f"hold full: {len(parked)} webhooks already wait for shopify order {key}"
+        if self.count >= self.total:
+            return f"hold full: {self.count} webhooks already wait on this worker"
+        stored = orjson.dumps([*parked, {"value": value.decode(), "origin": origin}])
+        if len(stored) > HELD_BYTES_PER_ORDER:
+            return f"hold full: webhooks waiting for shopify order {key} exceed {HELD_BYTES_PER_ORDER} bytes"
+        self.table[key.encode()] = stored
+        self._changed(1)
+        return None
+
+    def release(self, key: str) -> list[dict[str, Any]]:
+        parked = self._entries(key)
+        if parked:
+            del self.table[key.encode()]
+            self._changed(-len(parked))
+        return parked
+
+    def recount(self) -> None:
+        self.count = sum(len(orjson.loads(value)) for value in self.table.values())
+        metrics.HELD_EVENTS.labels(shopify.SOURCE).set(self.count)
+
+    def _entries(self, key: str) -> list[dict[str, Any]]:
+        stored = self.table.get(key.encode())
+        return list(orjson.loads(stored)) if stored is not None else []
+
+    def _changed(self, delta: int) -> None:
+        self.count = max(0, self.count + delta)
+        metrics.HELD_EVENTS.labels(shopify.SOURCE).set(self.count)
+
+
+def register(runtime: Runtime) -> None:
+    app, settings = runtime.app, runtime.settings
+
+    def topic(*names: str, internal: bool = False) -> Any:
+        return app.topic(*names, key_serializer="raw", value_serializer="raw",
+                         partitions=settings.partitions, internal=internal)
+
+    def table(name: str) -> Any:
+        return app.Table(name, default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+
+    for source in SOURCES_WITH_SECRETS:  # series exist from the first scrape, like metrics.preinitialise
+        for skip in Skip:
+            metrics.WEBHOOKS_SKIPPED.labels(source, skip.value)
+    events = topic(settings.topics.events)
+    join = topic(shopify_join_topic(settings), internal=True)
+    customers = table(SHOPIFY_CUSTOMERS_TABLE)
+    hold = Hold(table(SHOPIFY_HELD_TABLE), settings.shopify_hold_per_order, settings.shopify_hold_max)
+
+    async def dead(reason: Reason, error: str, value: bytes, origin: dict[str, Any]) -> None:
+        metrics.DEADLETTERS.labels(Stage.NORMALIZE.value, reason.value).inc()
+        record = dead_letter(stage=Stage.NORMALIZE, reason=reason, error=error, original=value,
+                             at=datetime.now(UTC), origin=origin)
+        key = origin.get("key")
+        await runtime.deadletter.send(key=key.encode() if key else None, value=record)
+        log.info("raw webhook dead-lettered reason=%s origin=%s", reason.value, origin)
+
+    async def emit(source: str, result: Normalized) -> None:
+        if result.unknown_status is not None:
+            metrics.UNKNOWN_STATUSES.labels(source).inc()
+            # The word, for whoever maps it next (a platform enum, never customer data); the
+            # webhook itself stays in returns.raw to be re-normalized once it is mapped.
+            log.warning("unknown platform status source=%s status=%r: no status change made",
+                        source, result.unknown_status[:64])
+        if result.skipped is not None:
+            metrics.WEBHOOKS_SKIPPED.labels(source, result.skipped.value).inc()
+        for event in result.events:
+            await events.send(key=event.customer_key.encode(), value=encode_event(event))
+
+    async def join_shopify(raw: RawWebhook, message: Any, origin: dict[str, Any]) -> None:
+        def owned(key: str) -> bool:
+            # Only here are the tables this key's truth: the record was re-keyed to its partition.
+            encoded = key.encode()
+            return bool(message.topic == join.get_topic_name() and message.key == encoded
+                        and message.partition == expected_partition(encoded, settings.partitions))
+
+        def lookup(key: str) -> Customer | None:
+            return decode_customer(customers.get(key.encode())) if owned(key) else None
+
+        result = normalize(raw, lookup)
+        key = join_key(raw, result)
+        if key is not None and not owned(key):
+            await join.send(key=key.encode(), value=message.value)
+            return
+        if result.order_customer is not None:
+            order = result.order_customer
+            customers[order.order_key.encode()] = encode_customer(order.customer)
+            for parked in hold.release(order.order_key):
+                await replay(parked, lookup)
+        elif key is not None and result.skipped is Skip.NO_CUSTOMER:
+            customers[key.encode()] = NO_EMAIL
+            for parked in hold.release(key):
+                await dead(Reason.MISSING_FIELD, _no_email(key), parked["value"].encode(), parked["origin"])
+        elif key is not None and result.awaiting_order is not None:
+            if customers.get(key.encode()) == NO_EMAIL:
+                await dead(Reason.MISSING_FIELD, _no_email(key), message.value, origin)
+            elif (full := hold.park(key, message.value, origin)) is not None:
+                await dead(Reason.MISSING_FIELD, full, message.value, origin)
+            else:
+                log.info("shopify webhook held origin=%s until its order arrives", origin)
+        await emit(shopify.SOURCE, result)
+
+    async def replay(parked: dict[str, Any], lookup: Any) -> None:
+        value = parked["value"].encode()
+        try:
+            result = normalize(decode_raw(value), lookup)
+        except RejectedInput as exc:
+            await dead(exc.reason, exc.detail, value, parked["origin"])
+            return
+        if result.awaiting_order is not None:  # cannot happen: parked under the order just stored
+            error = "held webhook still awaits its order"
+            await dead(Reason.PROCESSING_ERROR, error, value, parked["origin"])
+            return
+        await emit(shopify.SOURCE, result)
+
+    async def process(message: Any) -> None:
+        origin = {"topic": message.topic, "partition": message.partition, "offset": message.offset,
+                  "key": message.key.decode("utf-8", "replace") if message.key else None}
+        try:
+            raw = decode_raw(message.value)
+            if raw.source == shopify.SOURCE:
+                await join_shopify(raw, message, origin)
+            else:
+                await emit(raw.source, normalize(raw))
+        except RejectedInput as exc:
+            await dead(exc.reason, exc.detail, message.value, origin)
+
+    @app.agent(topic(settings.topics.raw, shopify_join_topic(settings)), name="normalize")
+    async def normalize_raw(stream: Any) -> AsyncIterator[None]:
+        async for item in stream.events():
+            message = item.message
+            try:
+                await process(message)
+            except Exception as exc:  # a bug must dead-letter one webhook, not stop the worker
+                log.exception("normalize agent failed on offset=%s", message.offset)
+                origin = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
+                await dead(Reason.PROCESSING_ERROR, repr(exc), message.value, origin)
+            runtime.progress.record(message)
+            yield None
+
+    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]
+    async def recount_held() -> None:
+        hold.recount()
+
+
+def _no_email(key: str) -> str:
+    return f"shopify order {key} has no customer email: its returns cannot be attributed to a profile"

@@ -1,0 +1,71 @@
+"""HTTP endpoints on each worker (SPEC §6): health, readiness, metrics, customer state."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from faust.exceptions import SameNode
+from faust.web import View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agents import metrics
+from agents.worker import webhooks
+from agents.worker.runtime import Runtime
+from streams.codec import decode_state
+from streams.events import DEFAULT_TENANT, customer_key
+from streams.state import state_to_dict
+
+# aiohttp refuses a charset inside content_type; Prometheus reads the text format without it.
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+
+
+def register(runtime: Runtime) -> None:
+    app = runtime.app
+    settings = runtime.settings
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        ok = runtime.ready()
+        metrics.WORKER_READY.set(1 if ok else 0)
+        return web.json({"ready": ok}, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def scrape(web: Any, request: Any) -> Any:
+        metrics.WORKER_READY.set(1 if runtime.ready() else 0)
+        return web.bytes(generate_latest(metrics.REGISTRY), content_type=METRICS_CONTENT_TYPE)
+
+    @app.page("/customers/{email}")
+    class CustomerView(View):
+        """Support staff look-up. Routed to the worker that owns the customer's partition."""
+
+        async def get(self, request: Any, email: str) -> Any:
+            token = settings.customer_api_token
+            if token is not None:
+                given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+                if not hmac.compare_digest(given, token.encode()):
+                    return self.json({"error": "unauthorized"}, status=401)
+            tenant = request.query.get("tenant", DEFAULT_TENANT)
+            key = customer_key(tenant, email)
+            return await self._route(request, key)
+
+        async def _route(self, request: Any, key: str) -> Any:
+            # Faust's router answers from here when this worker owns the key, or proxies to the
+            # worker that does.
+            try:
+                return await app.router.route_req(runtime.table.name, key, self.web, request)
+            except SameNode:
+                pass
+            state = decode_state(runtime.table.get(key.encode()))
+            if state is None:
+                return self.json({"error": "no returns known for this customer"}, status=404)
+            body = state_to_dict(state)
+            body["store_credit_balance"] = str(state.store_credit_balance)
+            body["active_returns"] = [record.return_id for record in state.active_returns]
+            return self.json(body)
+
+    webhooks.register(runtime)  # POST /webhooks/{source}, POST /events
