@@ -56,7 +56,7 @@ _MAX_EMAIL = 99
 # Item events use `<event_id>:<n>` as Klaviyo unique_id, which Klaviyo caps at 255 characters.
 _MAX_EVENT_ID = 240
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_TENANT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 # Far above any real return, far below where Decimal sums overflow (1E+1000000 raises in the reducer).
 _MAX_MONEY = Decimal(10) ** 15
@@ -139,7 +139,7 @@ def event_from_dict(obj: Any) -> ReturnEvent:
     except ValueError:
         raise RejectedInput(Reason.UNKNOWN_TYPE, f"type {raw_type!r} is not a canonical type") from None
     tenant = _optional_str(obj, "tenant") or DEFAULT_TENANT
-    if not _TENANT.match(tenant):
+    if not TENANT_PATTERN.match(tenant):
         raise RejectedInput(Reason.INVALID_FIELD, "tenant must be 1-64 of [A-Za-z0-9_.-]")
     source = _optional_str(obj, "source") or "api"
     if source not in SOURCES:

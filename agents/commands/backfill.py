@@ -23,7 +23,7 @@ from agents.settings import Settings
 from streams.adapters.common import TENANT_HEADER
 from streams.codec import decode_event, encode_event, loads
 from streams.errors import Reason, RejectedInput
-from streams.events import _TENANT as TENANT_RULE
+from streams.events import TENANT_PATTERN as TENANT_RULE
 from streams.raw import RawWebhook, encode_raw, raw_key
 
 SHOPIFY_TOPIC = "x-shopify-topic"

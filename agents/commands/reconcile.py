@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from agents import metrics
-from agents.commands.replay import Selection, open_consumer, rate_limited, scan, share
+from agents.commands.scan import Selection, open_consumer, rate_limited, scan, share
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.client import KlaviyoError
 from agents.klaviyo.reconcile import FloorsUnreadable, compare, read_floors, repair

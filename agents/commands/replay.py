@@ -22,137 +22,22 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.commands.publish import progress_bar
+from agents.commands.scan import ALL, Scan, Selection, open_consumer, rate_limited, scan, share
+from agents.deadletters import DeadLetters
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.delivery import Delivery
 from agents.klaviyo.pipeline import Pipeline
 from agents.klaviyo.versions import Floor, MemoryVersions
-from agents.offsets import capture_ends
 from agents.settings import Settings
-from streams.codec import decode_event
-from streams.errors import RejectedInput
-from streams.events import ReturnEvent
 from streams.outbox import SyncRecord
-from streams.reducer import Applied, apply_event
-from streams.state import CustomerState
 
 log = logging.getLogger(__name__)
-ALL = -1  # an offset option without a partition applies to every partition
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What a replay sends: a time range (record timestamps), an offset range, one tenant."""
-
-    since_ms: int | None = None
-    until_ms: int | None = None
-    from_offsets: Mapping[int, int] = field(default_factory=dict)
-    to_offsets: Mapping[int, int] = field(default_factory=dict)  # exclusive, like end offsets
-    tenant: str | None = None
-
-    def covers(self, partition: int, offset: int, timestamp_ms: int) -> bool:
-        """Per-partition --from-offset values name the partitions replayed; --to-offset values
-        only bound them (a partition without one runs to the captured end)."""
-        if self.from_offsets and partition not in self.from_offsets and ALL not in self.from_offsets:
-            return False
-        low = self.from_offsets.get(partition, self.from_offsets.get(ALL, 0))
-        high = self.to_offsets.get(partition, self.to_offsets.get(ALL))
-        return (offset >= low and (high is None or offset < high)
-                and (self.since_ms is None or timestamp_ms >= self.since_ms)
-                and (self.until_ms is None or timestamp_ms < self.until_ms))
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    partition: int
-    offset: int
-    event: ReturnEvent
-    applied: Applied
-    ingested_at: datetime
-
-
-@dataclass
-class Scan:
-    states: dict[str, CustomerState] = field(default_factory=dict)
-    selected: list[Pending] = field(default_factory=list)
-    ends: dict[TopicPartition, int] = field(default_factory=dict)
-    committed: dict[int, int] = field(default_factory=dict)
-    unreadable: int = 0
-
-    def touched(self) -> dict[str, CustomerState]:
-        """The customers the selected records belong to: whose profiles the replay writes."""
-        keys = dict.fromkeys(pending.event.customer_key for pending in self.selected)
-        return {key: self.states[key] for key in keys}
-
-
-async def open_consumer(settings: Settings, group_id: str | None) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(**settings.kafka().client_options(), group_id=group_id,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    return consumer
-
-
-async def scan(consumer: AIOKafkaConsumer, topic: str, selection: Selection, *,
-               progress: bool = True, resume: bool = False) -> Scan:
-    """Reduce the topic from its beginning to the ends captured now; select what to send."""
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        await consumer.topics()  # refreshes metadata
-        partitions = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    result = Scan()
-    if not tps:
-        return result
-    consumer.assign(tps)
-    listed = await consumer.end_offsets(tps)
-    starts = await consumer.beginning_offsets(tps)
-    if resume:
-        for tp in tps:
-            result.committed[tp.partition] = await consumer.committed(tp) or 0
-    await consumer.seek_to_beginning(*tps)
-    started, done = time.monotonic(), 0
-    remaining = list(tps)
-    while remaining:
-        batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
-        capture_ends(consumer, tps, listed, result.ends, give_up=time.monotonic() - started > 30)
-        for tp, messages in batches.items():
-            for message in messages:
-                if tp in result.ends and message.offset < result.ends[tp]:
-                    _reduce(result, selection, tp.partition, message)
-                    done += 1
-        remaining = [tp for tp in remaining
-                     if tp not in result.ends or await consumer.position(tp) < result.ends[tp]]
-        total = sum(result.ends.get(tp, listed[tp]) - starts[tp] for tp in tps)
-        if progress and total:
-            progress_bar(done, total, started)
-    if progress and done:
-        sys.stderr.write("  (scanned)\n")
-    return result
-
-
-def _reduce(result: Scan, selection: Selection, partition: int, message: object) -> None:
-    try:
-        event = decode_event(message.value)  # type: ignore[attr-defined]
-    except RejectedInput:
-        result.unreadable += 1  # dead-lettered by the state agent when it was live
-        return
-    if selection.tenant is not None and event.tenant != selection.tenant:
-        return
-    key = event.customer_key
-    outcome = apply_event(result.states.get(key), event)
-    result.states[key] = outcome.state
-    offset, timestamp = message.offset, message.timestamp  # type: ignore[attr-defined]
-    if outcome.applied is not Applied.DUPLICATE and selection.covers(partition, offset, timestamp):
-        ingested = datetime.fromtimestamp(timestamp / 1000, UTC)
-        result.selected.append(Pending(partition, offset, event, outcome.applied, ingested))
-
-
 async def send(scan_result: Scan, delivery: Delivery, pipeline: Pipeline, topic: str, *,
                batch_size: int, progress: bool = True) -> int:
     """Deliver the selected records not yet committed; returns how many were sent."""
@@ -197,11 +82,6 @@ def resumed_floors(scan_result: Scan) -> MemoryVersions:
     return versions
 
 
-def rate_limited(settings: Settings, share: float) -> Settings:
-    """The replay's own budgets: `share` of what this service may spend on the account."""
-    return settings.with_overrides(klaviyo_rate_limit_scale=settings.klaviyo_rate_limit_scale * share)
-
-
 async def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     selection = Selection(since_ms=args.since, until_ms=args.until, from_offsets=args.from_offset or {},
                           to_offsets=args.to_offset or {}, tenant=args.tenant)
@@ -218,10 +98,9 @@ async def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     try:
         scanned = await scan(consumer, topic, selection, resume=True)
 
-        async def dead_letter(key: str, record: bytes) -> None:
-            await producer.send_and_wait(settings.topics.deadletter, key=key.encode(), value=record)
-
-        delivery = Delivery(channels, settings.projection, dead_letter, resumed_floors(scanned))
+        dead_letters = DeadLetters(
+            lambda key, record: producer.send_and_wait(settings.topics.deadletter, key=key, value=record))
+        delivery = Delivery(channels, settings.projection, dead_letters.send, resumed_floors(scanned))
         pipeline = Pipeline(consumer.commit, depth=2)
         sent = await send(scanned, delivery, pipeline, topic, batch_size=args.batch_size)
         if scanned.ends:
@@ -276,9 +155,3 @@ def _offsets(text: str) -> dict[int, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected N or P:N[,P:N...]") from None
     return offsets
 
-
-def share(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError("--rate-share must be in (0, 1]")
-    return value

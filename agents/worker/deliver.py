@@ -18,13 +18,12 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from agents import metrics
+from agents.deadletters import DeadLetters
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.delivery import Delivery
 from agents.klaviyo.highwater import KafkaVersions
@@ -33,7 +32,6 @@ from agents.offsets import partition_ends
 from agents.topic_plan import versions_topic
 from agents.worker.lag import INTERVAL_SECONDS, DeliveryLag, report_lag
 from agents.worker.runtime import Runtime
-from streams.deadletter import dead_letter
 from streams.errors import Reason, Stage
 from streams.outbox import SyncRecord, decode_sync_record
 
@@ -95,16 +93,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def register(runtime: Runtime) -> None:
     settings = runtime.settings
-
-    async def send_dead_letter(key: str, record: bytes) -> None:
-        await runtime.deadletter.send(key=key.encode(), value=record)
+    dead_letters = DeadLetters(lambda key, record: runtime.deadletter.send(key=key, value=record))
 
     @runtime.app.task  # type: ignore[untyped-decorator]
     async def klaviyo_sync() -> None:
         channels = Channels.from_settings(settings)
         versions = KafkaVersions(runtime.kafka, versions_topic(settings), settings.partitions)
         await versions.start()
-        delivery = Delivery(channels, settings.projection, send_dead_letter, versions)
+        delivery = Delivery(channels, settings.projection, dead_letters.send, versions)
         consumer = AIOKafkaConsumer(
             runtime.sync_topic_name,
             **runtime.kafka.client_options(),
@@ -126,7 +122,7 @@ def register(runtime: Runtime) -> None:
         measuring = asyncio.ensure_future(_measure_sync_lag(consumer, lag))
         try:
             while True:
-                await _deliver_next_batch(consumer, delivery, listener, runtime)
+                await _deliver_next_batch(consumer, delivery, listener, runtime, dead_letters)
         finally:
             measuring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -140,7 +136,8 @@ def register(runtime: Runtime) -> None:
 
 
 async def _deliver_next_batch(
-    consumer: AIOKafkaConsumer, delivery: Delivery, listener: _Rebalance, runtime: Runtime
+    consumer: AIOKafkaConsumer, delivery: Delivery, listener: _Rebalance, runtime: Runtime,
+    dead_letters: DeadLetters,
 ) -> None:
     settings, pipeline = runtime.settings, listener.pipeline
     await pipeline.commit_settled()
@@ -158,7 +155,7 @@ async def _deliver_next_batch(
     messages = [message for partition in batches.values() for message in partition]
     if not messages:
         return
-    records = await _decode(messages, runtime)
+    records = await _decode(messages, dead_letters)
     await listener.floors_loaded.wait()
     if listener.generation != generation:
         return  # revoked meanwhile: these partitions may be another worker's now
@@ -187,19 +184,14 @@ async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
         lag.settled((tp.topic, tp.partition), offset)
 
 
-async def _decode(messages: list[Any], runtime: Runtime) -> list[SyncRecord]:
+async def _decode(messages: list[Any], dead_letters: DeadLetters) -> list[SyncRecord]:
     records = []
     for message in messages:
         try:
             records.append(decode_sync_record(message.value))
         except Exception as exc:  # written by us: a bad one is a bug, kept for replay
             log.exception("unreadable sync record offset=%s", message.offset)
-            metrics.DEADLETTERS.labels(Stage.SYNC.value, Reason.PROCESSING_ERROR.value).inc()
-            await runtime.deadletter.send(
-                key=message.key,
-                value=dead_letter(stage=Stage.SYNC, reason=Reason.PROCESSING_ERROR, error=repr(exc),
-                                  original=message.value, at=datetime.now(UTC)),
-            )
+            await dead_letters.message(Stage.SYNC, Reason.PROCESSING_ERROR, repr(exc), message)
     return records
 
 

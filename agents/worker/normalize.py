@@ -1,4 +1,4 @@
-"""The normalize agent: returns.raw -> platform adapter -> canonical events on returns.events.
+"""Normalize (Faust agent "normalize"): returns.raw -> platform adapter -> canonical events on returns.events.
 
 Decode the envelope, call the pure adapter (`streams.adapters.normalize`), hand the events off
 keyed by customer key. Anything that cannot become events goes to the dead-letter topic (stage
@@ -33,13 +33,13 @@ meet in one partition of one worker, and survive restarts and rebalances with it
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
 from agents import metrics
+from agents.deadletters import DeadLetters, origin_of
 from agents.settings import SOURCES_WITH_SECRETS
 from agents.topic_plan import SHOPIFY_CUSTOMERS_TABLE, SHOPIFY_HELD_TABLE, shopify_join_topic
 from agents.worker.runtime import Runtime
@@ -47,7 +47,6 @@ from streams.adapters import Normalized, Skip, normalize, shopify
 from streams.adapters.common import tenant_of
 from streams.adapters.payload import load_object, required_text
 from streams.codec import encode_event
-from streams.deadletter import dead_letter
 from streams.errors import Reason, RejectedInput, Stage
 from streams.events import Customer
 from streams.partitioning import expected_partition
@@ -125,6 +124,97 @@ class Hold:
         metrics.HELD_EVENTS.labels(shopify.SOURCE).set(self.count)
 
 
+class Normalizer:
+    """One raw webhook into canonical events, Shopify's joined with their order (see above).
+
+    Its inputs are explicit: the two join tables (any mutable mapping), three async outputs and
+    the dead-letter writer, so tests drive it with dicts and lists; the Faust agent below is
+    only the loop around it. `join_topic` is the re-key topic's name: only a record read from it,
+    under its own key, in its key's partition, may touch the tables."""
+
+    def __init__(self, *, customers: MutableMapping[bytes, bytes], hold: Hold, partitions: int,
+                 join_topic: str, emit: Callable[[bytes, bytes], Awaitable[Any]],
+                 rejoin: Callable[[bytes, bytes], Awaitable[Any]], dead_letters: DeadLetters) -> None:
+        self.customers, self.hold, self.partitions, self.join_topic = customers, hold, partitions, join_topic
+        self._emit, self._rejoin, self.dead_letters = emit, rejoin, dead_letters
+
+    async def process(self, message: Any) -> None:
+        origin = origin_of(message)
+        try:
+            raw = decode_raw(message.value)
+            if raw.source == shopify.SOURCE:
+                await self._join_shopify(raw, message, origin)
+            else:
+                await self._publish(raw.source, normalize(raw))
+        except RejectedInput as exc:
+            await self._dead(exc.reason, exc.detail, message.value, origin)
+
+    async def _join_shopify(self, raw: RawWebhook, message: Any, origin: dict[str, Any]) -> None:
+        def owned(key: str) -> bool:
+            # Only here are the tables this key's truth: the record was re-keyed to its partition.
+            encoded = key.encode()
+            return bool(message.topic == self.join_topic and message.key == encoded
+                        and message.partition == expected_partition(encoded, self.partitions))
+
+        def lookup(key: str) -> Customer | None:
+            return decode_customer(self.customers.get(key.encode())) if owned(key) else None
+
+        result = normalize(raw, lookup)
+        key = join_key(raw, result)
+        if key is not None and not owned(key):
+            await self._rejoin(key.encode(), message.value)
+            return
+        if result.order_customer is not None:
+            order = result.order_customer
+            self.customers[order.order_key.encode()] = encode_customer(order.customer)
+            for parked in self.hold.release(order.order_key):
+                await self._release(parked, lookup)
+        elif key is not None and result.skipped is Skip.NO_CUSTOMER:
+            self.customers[key.encode()] = NO_EMAIL
+            for parked in self.hold.release(key):
+                await self._dead(Reason.MISSING_FIELD, _no_email(key), parked["value"].encode(),
+                                 parked["origin"])
+        elif key is not None and result.awaiting_order is not None:
+            if self.customers.get(key.encode()) == NO_EMAIL:
+                await self._dead(Reason.MISSING_FIELD, _no_email(key), message.value, origin)
+            elif (full := self.hold.park(key, message.value, origin)) is not None:
+                await self._dead(Reason.MISSING_FIELD, full, message.value, origin)
+            else:
+                log.info("shopify webhook held origin=%s until its order arrives", origin)
+        await self._publish(shopify.SOURCE, result)
+
+    async def _release(self, parked: dict[str, Any], lookup: Callable[[str], Customer | None]) -> None:
+        """A held webhook, normalized again now that its order is known."""
+        value = parked["value"].encode()
+        try:
+            result = normalize(decode_raw(value), lookup)
+        except RejectedInput as exc:
+            await self._dead(exc.reason, exc.detail, value, parked["origin"])
+            return
+        if result.awaiting_order is not None:  # cannot happen: parked under the order just stored
+            await self._dead(Reason.PROCESSING_ERROR, "held webhook still awaits its order", value,
+                             parked["origin"])
+            return
+        await self._publish(shopify.SOURCE, result)
+
+    async def _publish(self, source: str, result: Normalized) -> None:
+        if result.unknown_status is not None:
+            metrics.UNKNOWN_STATUSES.labels(source).inc()
+            # The word, for whoever maps it next (a platform enum, never customer data); the
+            # webhook itself stays in returns.raw to be re-normalized once it is mapped.
+            log.warning("unknown platform status source=%s status=%r: no status change made",
+                        source, result.unknown_status[:64])
+        if result.skipped is not None:
+            metrics.WEBHOOKS_SKIPPED.labels(source, result.skipped.value).inc()
+        for event in result.events:
+            await self._emit(event.customer_key.encode(), encode_event(event))
+
+    async def _dead(self, reason: Reason, error: str, value: bytes, origin: dict[str, Any]) -> None:
+        key = origin.get("key")
+        await self.dead_letters.write(Stage.NORMALIZE, reason, error, value,
+                                      key=key.encode() if key else None, origin=origin)
+
+
 def register(runtime: Runtime) -> None:
     app, settings = runtime.app, runtime.settings
 
@@ -140,97 +230,28 @@ def register(runtime: Runtime) -> None:
             metrics.WEBHOOKS_SKIPPED.labels(source, skip.value)
     events = topic(settings.topics.events)
     join = topic(shopify_join_topic(settings), internal=True)
-    customers = table(SHOPIFY_CUSTOMERS_TABLE)
     hold = Hold(table(SHOPIFY_HELD_TABLE), settings.shopify_hold_per_order, settings.shopify_hold_max)
+    dead_letters = DeadLetters(lambda key, record: runtime.deadletter.send(key=key, value=record))
 
-    async def dead(reason: Reason, error: str, value: bytes, origin: dict[str, Any]) -> None:
-        metrics.DEADLETTERS.labels(Stage.NORMALIZE.value, reason.value).inc()
-        record = dead_letter(stage=Stage.NORMALIZE, reason=reason, error=error, original=value,
-                             at=datetime.now(UTC), origin=origin)
-        key = origin.get("key")
-        await runtime.deadletter.send(key=key.encode() if key else None, value=record)
-        log.info("raw webhook dead-lettered reason=%s origin=%s", reason.value, origin)
+    async def emit(key: bytes, value: bytes) -> None:
+        await events.send(key=key, value=value)
 
-    async def emit(source: str, result: Normalized) -> None:
-        if result.unknown_status is not None:
-            metrics.UNKNOWN_STATUSES.labels(source).inc()
-            # The word, for whoever maps it next (a platform enum, never customer data); the
-            # webhook itself stays in returns.raw to be re-normalized once it is mapped.
-            log.warning("unknown platform status source=%s status=%r: no status change made",
-                        source, result.unknown_status[:64])
-        if result.skipped is not None:
-            metrics.WEBHOOKS_SKIPPED.labels(source, result.skipped.value).inc()
-        for event in result.events:
-            await events.send(key=event.customer_key.encode(), value=encode_event(event))
+    async def rejoin(key: bytes, value: bytes) -> None:
+        await join.send(key=key, value=value)
 
-    async def join_shopify(raw: RawWebhook, message: Any, origin: dict[str, Any]) -> None:
-        def owned(key: str) -> bool:
-            # Only here are the tables this key's truth: the record was re-keyed to its partition.
-            encoded = key.encode()
-            return bool(message.topic == join.get_topic_name() and message.key == encoded
-                        and message.partition == expected_partition(encoded, settings.partitions))
-
-        def lookup(key: str) -> Customer | None:
-            return decode_customer(customers.get(key.encode())) if owned(key) else None
-
-        result = normalize(raw, lookup)
-        key = join_key(raw, result)
-        if key is not None and not owned(key):
-            await join.send(key=key.encode(), value=message.value)
-            return
-        if result.order_customer is not None:
-            order = result.order_customer
-            customers[order.order_key.encode()] = encode_customer(order.customer)
-            for parked in hold.release(order.order_key):
-                await replay(parked, lookup)
-        elif key is not None and result.skipped is Skip.NO_CUSTOMER:
-            customers[key.encode()] = NO_EMAIL
-            for parked in hold.release(key):
-                await dead(Reason.MISSING_FIELD, _no_email(key), parked["value"].encode(), parked["origin"])
-        elif key is not None and result.awaiting_order is not None:
-            if customers.get(key.encode()) == NO_EMAIL:
-                await dead(Reason.MISSING_FIELD, _no_email(key), message.value, origin)
-            elif (full := hold.park(key, message.value, origin)) is not None:
-                await dead(Reason.MISSING_FIELD, full, message.value, origin)
-            else:
-                log.info("shopify webhook held origin=%s until its order arrives", origin)
-        await emit(shopify.SOURCE, result)
-
-    async def replay(parked: dict[str, Any], lookup: Any) -> None:
-        value = parked["value"].encode()
-        try:
-            result = normalize(decode_raw(value), lookup)
-        except RejectedInput as exc:
-            await dead(exc.reason, exc.detail, value, parked["origin"])
-            return
-        if result.awaiting_order is not None:  # cannot happen: parked under the order just stored
-            error = "held webhook still awaits its order"
-            await dead(Reason.PROCESSING_ERROR, error, value, parked["origin"])
-            return
-        await emit(shopify.SOURCE, result)
-
-    async def process(message: Any) -> None:
-        origin = {"topic": message.topic, "partition": message.partition, "offset": message.offset,
-                  "key": message.key.decode("utf-8", "replace") if message.key else None}
-        try:
-            raw = decode_raw(message.value)
-            if raw.source == shopify.SOURCE:
-                await join_shopify(raw, message, origin)
-            else:
-                await emit(raw.source, normalize(raw))
-        except RejectedInput as exc:
-            await dead(exc.reason, exc.detail, message.value, origin)
+    normalizer = Normalizer(customers=table(SHOPIFY_CUSTOMERS_TABLE), hold=hold,
+                            partitions=settings.partitions, join_topic=shopify_join_topic(settings),
+                            emit=emit, rejoin=rejoin, dead_letters=dead_letters)
 
     @app.agent(topic(settings.topics.raw, shopify_join_topic(settings)), name="normalize")
     async def normalize_raw(stream: Any) -> AsyncIterator[None]:
         async for item in stream.events():
             message = item.message
             try:
-                await process(message)
+                await normalizer.process(message)
             except Exception as exc:  # a bug must dead-letter one webhook, not stop the worker
                 log.exception("normalize agent failed on offset=%s", message.offset)
-                origin = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
-                await dead(Reason.PROCESSING_ERROR, repr(exc), message.value, origin)
+                await dead_letters.message(Stage.NORMALIZE, Reason.PROCESSING_ERROR, repr(exc), message)
             runtime.progress.record(message)
             yield None
 

@@ -46,7 +46,7 @@ from agents.worker.runtime import Runtime
 from streams.adapters.common import TENANT_HEADER
 from streams.codec import encode_event
 from streams.errors import RejectedInput
-from streams.events import _TENANT as TENANT_RULE
+from streams.events import TENANT_PATTERN as TENANT_RULE
 from streams.events import ReturnEvent, event_from_dict
 from streams.raw import RawWebhook, encode_raw, raw_key
 from streams.signatures import verify

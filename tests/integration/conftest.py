@@ -136,3 +136,11 @@ def publish(bootstrap_servers: str, prefix: str, create_topics: Callable[[], Non
         asyncio.run(publish_records(bootstrap_servers, prefix + topic, records))
 
     return send
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here talks to a real broker: `pytest -m "not integration"` is the fast tier."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.integration)

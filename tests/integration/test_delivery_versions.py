@@ -17,10 +17,10 @@ from streams.demo import demo_events
 from streams.events import EventType, ReturnEvent
 from streams.outbox import SyncRecord, encode_sync_record
 from streams.projection import ProjectionConfig, profile_properties
+from tests.agents.klaviyo.test_delivery_plan import sync_records
 from tests.integration.conftest import PARTITIONS, WorkerFactory
 from tests.integration.harness import SandboxThread, as_klaviyo_json, expected_klaviyo, wait_until
 from tests.integration.test_delivery import converged, sandbox_for
-from tests.unit.test_delivery_plan import sync_records
 
 SYNC_TOPIC = "returnsync-klaviyo-sync"  # after the test's prefix: "<prefix>returnsync-klaviyo-sync"
 VERSIONS_TOPIC = f"{SYNC_TOPIC}-versions"

@@ -14,7 +14,7 @@ from tests.integration.harness import (
     expected_klaviyo,
     read_topic,
 )
-from tests.unit.strategies import fixture_names, load_fixture
+from tests.streams.strategies import fixture_names, load_fixture
 
 
 def fixture_events() -> list:

@@ -18,7 +18,7 @@ from streams.demo import demo_events
 from tests.integration.conftest import PARTITIONS, WorkerFactory
 from tests.integration.harness import SandboxThread, expected_klaviyo, wait_until
 from tests.integration.test_delivery import WARMUP, converged, more_credit
-from tests.unit.adapter_support import fixture_body, fixture_headers, fixture_names
+from tests.streams.adapter_support import fixture_body, fixture_headers, fixture_names
 
 Lag = dict[str, tuple[float, float]]
 """partition -> (messages, seconds)."""

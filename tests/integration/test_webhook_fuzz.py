@@ -19,15 +19,15 @@ from hypothesis import strategies as st
 from agents.settings import SOURCES_WITH_SECRETS
 from streams.adapters import normalize
 from streams.errors import RejectedInput
-from streams.events import _TENANT as TENANT_RULE
+from streams.events import TENANT_PATTERN as TENANT_RULE
 from streams.events import event_from_dict
 from streams.raw import RawWebhook, decode_raw
 from streams.signatures import sign
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import SandboxThread, expected_klaviyo, profile_differences, wait_until
 from tests.integration.webhook_support import SECRETS, expected_events, fixture, read_all
-from tests.unit.adapter_support import FIXTURES, fixture_body, fixture_headers, fixture_names
-from tests.unit.test_adapters_fuzz import json_values
+from tests.streams.adapter_support import FIXTURES, fixture_body, fixture_headers, fixture_names
+from tests.streams.test_adapters_fuzz import json_values
 
 LIMIT = 64 * 1024  # RETURNSYNC_WEBHOOK_MAX_BYTES for this worker: oversized bodies stay cheap
 WEBHOOK_FIXTURES = [(source, name) for source in SOURCES_WITH_SECRETS for name in fixture_names(source)]

@@ -33,7 +33,7 @@ from tests.integration.webhook_support import (
     running_stack,
     unique_email,
 )
-from tests.unit.adapter_support import FIXTURES, fixture_names
+from tests.streams.adapter_support import FIXTURES, fixture_names
 
 MIB = 1024 * 1024
 

@@ -36,7 +36,7 @@ from tests.integration.harness import (
     profile_differences,
     wait_until,
 )
-from tests.unit.adapter_support import fixture_body, fixture_headers
+from tests.streams.adapter_support import fixture_body, fixture_headers
 
 SECRETS = {source: f"{source}-whsec-0f3a9c" for source in SOURCES_WITH_SECRETS}
 SECRET_ENV = {f"{source.upper()}_WEBHOOK_SECRET": secret for source, secret in SECRETS.items()}

@@ -14,7 +14,7 @@ from streams.outbox import SyncRecord, timeline_events
 from streams.projection import ProjectionConfig
 from streams.reducer import Applied, apply_event
 from streams.state import CustomerState
-from tests.unit.strategies import event
+from tests.streams.strategies import event
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 CONFIG = ProjectionConfig()

@@ -21,7 +21,7 @@ from streams.events import EventType, ReturnEvent
 from streams.projection import ProjectionConfig, profile_properties
 from streams.reducer import Applied, apply_event, reduce_events
 from streams.state import ACTIVE_STATUSES, STATUS_RANK, CustomerState, state_from_dict, state_to_dict
-from tests.unit.strategies import customer_streams, event_streams
+from tests.streams.strategies import customer_streams, event_streams
 
 CONFIG = ProjectionConfig()
 EXAMPLES = settings(max_examples=100, deadline=None)

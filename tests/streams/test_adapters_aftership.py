@@ -12,7 +12,7 @@ from streams.adapters import Skip, aftership
 from streams.errors import Reason, RejectedInput
 from streams.events import EventType, Outcome
 from streams.reducer import reduce_events
-from tests.unit.adapter_support import (
+from tests.streams.adapter_support import (
     assert_golden,
     assert_round_trips,
     fixture_json,

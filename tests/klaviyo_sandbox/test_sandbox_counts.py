@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from klaviyo_sandbox import SandboxServer
-from tests.integration.test_sandbox import (
+from tests.klaviyo_sandbox.test_sandbox_server import (
     HEADERS,
     KEYS,
     bulk_events_body,
@@ -19,8 +19,6 @@ from tests.integration.test_sandbox import (
     profile_body,
     wait_job,
 )
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

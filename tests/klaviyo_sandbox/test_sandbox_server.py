@@ -21,8 +21,6 @@ import pytest
 
 from klaviyo_sandbox import SandboxServer
 
-pytestmark = pytest.mark.integration
-
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "reference"

@@ -23,7 +23,7 @@ from agents.worker.webhooks import (
 from streams.adapters import normalize
 from streams.events import Customer
 from streams.signatures import sign
-from tests.unit.adapter_support import fixture_body, fixture_headers, raw
+from tests.streams.adapter_support import fixture_body, fixture_headers, raw
 
 LIMIT = 1000
 

@@ -19,7 +19,7 @@ from streams.state import (
     CustomerState,
     Identity,
 )
-from tests.unit.strategies import event, fixture_names, load_fixture
+from tests.streams.strategies import event, fixture_names, load_fixture
 
 EMMA = {"email": "emma@example.com", "first_name": "Emma", "last_name": "Johnson", "external_id": "7001"}
 TEE = {"sku": "TEE-BLK-M", "quantity": 1, "value": "28.00", "reason": "Too small", "reason_parent": "Fit"}

@@ -28,7 +28,7 @@ from agents.klaviyo.ratelimit import EndpointBudget
 from agents.klaviyo.versions import Floor, MemoryVersions
 from streams.outbox import SyncRecord
 from streams.projection import ProjectionConfig, klaviyo_events
-from tests.unit.test_delivery_versions import partition_logs
+from tests.agents.klaviyo.test_delivery_versions import partition_logs
 
 
 class FakeKlaviyo:

@@ -12,7 +12,7 @@ from streams.adapters import redo
 from streams.errors import Reason, RejectedInput
 from streams.events import EventType
 from streams.reducer import reduce_events
-from tests.unit.adapter_support import (
+from tests.streams.adapter_support import (
     assert_golden,
     assert_round_trips,
     fixture_json,

@@ -26,7 +26,7 @@ from streams.events import (
     parse_money,
     parse_time,
 )
-from tests.unit.strategies import FIXTURES, customer_streams, fixture_names, load_fixture
+from tests.streams.strategies import FIXTURES, customer_streams, fixture_names, load_fixture
 
 STATUS_TYPES = [t for t in EventType if t.value.startswith("return.")]
 FACT_TYPES = [t for t in EventType if not t.value.startswith("return.")]

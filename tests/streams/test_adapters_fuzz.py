@@ -20,7 +20,13 @@ from streams.adapters import ADAPTERS, AwaitingOrderCustomer, normalize, to_even
 from streams.errors import Reason, RejectedInput
 from streams.events import Customer
 from streams.raw import RawWebhook
-from tests.unit.adapter_support import assert_round_trips, fixture_body, fixture_headers, fixture_names, raw
+from tests.streams.adapter_support import (
+    assert_round_trips,
+    fixture_body,
+    fixture_headers,
+    fixture_names,
+    raw,
+)
 
 SOURCES = sorted(ADAPTERS)
 FIXTURES = [(source, name) for source in SOURCES for name in fixture_names(source)]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from streams.errors import Reason, RejectedInput
 from streams.raw import SIGNATURE_HEADERS, RawWebhook, decode_raw, encode_raw, raw_key
-from tests.unit.adapter_support import fixture_json
+from tests.streams.adapter_support import fixture_json
 
 AT = datetime(2024, 5, 2, 15, 4, 5, 123456, tzinfo=UTC)
 

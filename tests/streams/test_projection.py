@@ -20,7 +20,7 @@ from streams.projection import (
 )
 from streams.reducer import reduce_events
 from streams.state import CustomerState
-from tests.unit.strategies import event, fixture_names, load_fixture
+from tests.streams.strategies import event, fixture_names, load_fixture
 
 CONFIG = ProjectionConfig()
 PROPERTY_TYPES: dict[str, Any] = {

@@ -13,7 +13,7 @@ from streams.errors import Reason, RejectedInput
 from streams.events import event_to_dict
 from streams.reducer import reduce_events
 from streams.state import CustomerState, Identity, ReturnRecord, state_from_dict, state_to_dict
-from tests.unit.strategies import FIXTURES, event, fixture_names, load_fixture
+from tests.streams.strategies import FIXTURES, event, fixture_names, load_fixture
 
 
 def state_of(name: str) -> CustomerState:

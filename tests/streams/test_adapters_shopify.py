@@ -14,7 +14,7 @@ from streams.errors import Reason, RejectedInput
 from streams.events import Customer, EventType, ReturnEvent
 from streams.raw import RawWebhook
 from streams.reducer import reduce_events
-from tests.unit.adapter_support import (
+from tests.streams.adapter_support import (
     as_dicts,
     assert_golden,
     assert_round_trips,

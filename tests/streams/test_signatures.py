@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from streams.errors import Reason, RejectedInput
 from streams.signatures import sign, verify
-from tests.unit.adapter_support import fixture_body
+from tests.streams.adapter_support import fixture_body
 
 SECRET = "whsec_7f3c1a9e"
 SOURCES = ["loop", "shopify", "aftership", "redo", "swap"]

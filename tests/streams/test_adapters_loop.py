@@ -15,7 +15,7 @@ from streams.events import EventType
 from streams.outbox import SyncRecord, timeline_events
 from streams.projection import ProjectionConfig
 from streams.reducer import apply_event, reduce_events
-from tests.unit.adapter_support import (
+from tests.streams.adapter_support import (
     RECEIVED,
     as_dicts,
     assert_golden,
