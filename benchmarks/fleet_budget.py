@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sandbox_process import SandboxProcess
 
 from agents.commands.publish import event_records, publish_records
 from agents.devstack.broker import EmbeddedBroker, free_port
@@ -92,28 +93,6 @@ class Run:
         return next(t for t, events in self.progress if events >= fraction * total)
 
 
-class Sandbox:
-    def __init__(self, workdir: Path, scale: float) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {"KLAVIYO_API_KEY": KEY, "RETURNSYNC_LOG_LEVEL": "warning"}
-        args = ["sandbox", "--port", str(port), "--rate-limit-scale", str(scale)]
-        self.process = ChildProcess(args, env, workdir / "sandbox.log")
-
-    def __enter__(self) -> Sandbox:
-        self.process.start()
-        self.process.wait_http(f"{self.url}/_sandbox/requests", within=30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.stop()
-
-    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.url}/_sandbox/{path}", timeout=120, **kwargs)
-        response.raise_for_status()
-        return response.json()["data"]
-
-
 def expected_counts(events: list[ReturnEvent]) -> tuple[int, int]:
     """(profiles, timeline events) Klaviyo holds once the events are delivered: the reducer's and
     projection's view, as the integration tests compute it."""
@@ -142,8 +121,8 @@ def share_of(url: str) -> float | None:
 
 
 def run_fleet(
-    label: str, name: str, args: argparse.Namespace, broker: EmbeddedBroker, sandbox: Sandbox, workdir: Path,
-    events: list[ReturnEvent], expected: tuple[int, int], *, baseline: bool,
+    label: str, name: str, args: argparse.Namespace, broker: EmbeddedBroker, sandbox: SandboxProcess,
+    workdir: Path, events: list[ReturnEvent], expected: tuple[int, int], *, baseline: bool,
 ) -> Run:
     sandbox.admin("POST", "reset")
     prefix = f"fleet{uuid.uuid4().hex[:8]}."
@@ -195,7 +174,8 @@ def settled_shares(workers: list[tuple[ChildProcess, str]], within: float = 120.
 
 
 def wait_converged(
-    sandbox: Sandbox, expected: tuple[int, int], workers: list[tuple[ChildProcess, str]], timeout: float,
+    sandbox: SandboxProcess, expected: tuple[int, int], workers: list[tuple[ChildProcess, str]],
+    timeout: float,
     started: float,
 ) -> list[tuple[float, int]]:
     """Poll the sandbox every second until it holds everything; the timeline counts seen."""
@@ -388,7 +368,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         workdir = Path(tmp)
         broker = EmbeddedBroker(log_file=workdir / "broker.log")
-        with broker, Sandbox(workdir, args.scale) as sandbox:
+        with broker, SandboxProcess(workdir, KEY, args.scale) as sandbox:
             runs = []
             for label, name, baseline in (
                 ("baseline: each worker plans for the whole account", "baseline", True),

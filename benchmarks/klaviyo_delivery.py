@@ -38,10 +38,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
+from sandbox_process import SandboxProcess
 
-from agents.devstack.broker import free_port
-from agents.devstack.processes import ChildProcess
 from agents.klaviyo.accounts import KlaviyoAccount
 from agents.klaviyo.bodies import event_body, profile_import_body
 from agents.klaviyo.channels import Channel, Channels
@@ -103,28 +101,6 @@ def endpoint(record: dict[str, Any]) -> str:
     return f"{record['method']} {'/'.join(parts)}"
 
 
-class Sandbox:
-    def __init__(self, workdir: Path) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {"KLAVIYO_API_KEY": KEY, "RETURNSYNC_LOG_LEVEL": "warning"}
-        args = ["sandbox", "--port", str(port), "--rate-limit-scale", "1"]
-        self.process = ChildProcess(args, env, workdir / "sandbox.log")
-
-    def __enter__(self) -> Sandbox:
-        self.process.start()
-        self.process.wait_http(f"{self.url}/_sandbox/requests", within=30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.stop()
-
-    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.url}/_sandbox/{path}", timeout=300, **kwargs)
-        response.raise_for_status()
-        return response.json()["data"]
-
-
 async def run_baseline(url: str, events: list[ReturnEvent], seconds: float) -> int:
     """Canonical events fully delivered one request at a time within `seconds`."""
     client = KlaviyoClient(api_key=KEY, base_url=url, revision=REVISION, budgets=Budgets())
@@ -183,7 +159,7 @@ def usage(log: list[dict[str, Any]], seconds: float) -> tuple[Counter[str], dict
     return counts, share
 
 
-def check_engine_result(sandbox: Sandbox, events: list[ReturnEvent], log: list[dict[str, Any]]) -> str:
+def check_engine_result(sandbox: SandboxProcess, events: list[ReturnEvent], log: list[dict[str, Any]]) -> str:
     states: dict[str, CustomerState] = {}
     for record in sync_records(events):
         states[record.customer_key] = record.state
@@ -228,7 +204,8 @@ def main() -> int:
     timeline = sum(len(klaviyo_events(e, CONFIG)) for e in events)
     say(f"{len(events):,} canonical events, {timeline:,} Klaviyo timeline events")
 
-    with tempfile.TemporaryDirectory(prefix="klaviyo-bench-") as workdir, Sandbox(Path(workdir)) as sandbox:
+    with (tempfile.TemporaryDirectory(prefix="klaviyo-bench-") as workdir,
+          SandboxProcess(Path(workdir), KEY) as sandbox):
         say(f"baseline: one request per event for {args.baseline_seconds:.0f}s ...")
         base_started = time.monotonic()
         base_done = asyncio.run(run_baseline(sandbox.url, events, args.baseline_seconds))

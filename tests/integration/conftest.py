@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.commands.publish import event_records, publish_records
 from agents.devstack.broker import EmbeddedBroker, free_port
 from agents.devstack.processes import ChildProcess, worker_env
-from agents.kafka import KafkaConnection
+from agents.kafka import KafkaConnection, admin_client
 from agents.settings import Settings
 from agents.topic_admin import apply_plan, ensure_plan
 from agents.topic_plan import topic_plan
@@ -86,12 +85,8 @@ WorkerFactory = Callable[..., ChildProcess]
 async def unplanned_topics(kafka: KafkaConnection, prefix: str) -> list[str]:
     """This test's topics that are not in its plan, or not as planned (left to auto-creation)."""
     report = await apply_plan(kafka, topic_plan(planned_settings(prefix)), create=False)
-    admin = AIOKafkaAdminClient(**kafka.client_options())
-    await admin.start()
-    try:
+    async with admin_client(kafka) as admin:
         names = {name for name in await admin.list_topics() if name.startswith(prefix)}
-    finally:
-        await admin.close()
     planned = {spec.name for spec in topic_plan(planned_settings(prefix))}
     return [f"{name}: not in the plan" for name in sorted(names - planned)] + [
         f"{name}: {what}" for name, what, _fix in report.problems]
