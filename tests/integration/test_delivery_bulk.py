@@ -42,6 +42,9 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxThread]:
     yield from sandbox_for(request)
 
 
+# Known flaky at 6 partitions (README, Known issues): the batch in flight when the outage starts
+# may already hold ~75 customers, which go one by one within the burst budget; reruns show in the report.
+@pytest.mark.flaky(reruns=2)
 def test_backlog_goes_bulk_and_import_errors_are_dead_lettered(
     start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread,
     bootstrap_servers: str, prefix: str,
