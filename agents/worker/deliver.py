@@ -222,8 +222,9 @@ async def _report_sync_lag(consumer: AIOKafkaConsumer, lag: DeliveryLag) -> None
             committed = (await consumer.beginning_offsets([tp]))[tp]
         lag.seed(key, committed, generation)
     listed = await consumer.end_offsets(assignment) if assignment else {}
-    ends = partition_ends(listed, {tp: consumer.highwater(tp) for tp in assignment})
-    # Assigned at the start of this measurement and still assigned: a rebalance may have run.
-    current = set(consumer.assignment())
+    # Assigned at the start of this measurement and still assigned: a rebalance may have run,
+    # and aiokafka asserts on the highwater of a partition it no longer holds.
+    current = set(consumer.assignment()) & set(assignment)
+    ends = partition_ends(listed, {tp: consumer.highwater(tp) for tp in current})
     report_lag("sync", lag.measure(
         {(tp.topic, tp.partition): end for tp, end in ends.items() if tp in current}, time.time()))

@@ -109,28 +109,36 @@ def register(runtime: Any, topics: set[str]) -> None:
 
     @app.timer(interval=INTERVAL_SECONDS)  # type: ignore[untyped-decorator]
     async def measure_lag() -> None:
-        consumer = app.consumer
-        partitions = [tp for tp in (consumer.assignment() if consumer else ()) if tp.topic in topics]
-        ends = await _faust_ends(consumer, partitions)
-        # Faust's own record of what it committed (the next offset, since faust#33): used for a
-        # partition that processed nothing since it was assigned. Not public API, hence getattr.
-        committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
-        now = time.time()
-        measured: list[Measurement] = []
-        for tp in partitions:
-            end = ends.get(tp)
-            if end is None:
-                continue
-            key = (tp.topic, tp.partition)
-            fallback = None
-            if key not in progress.processed:
-                fallback = committed.get(tp)
-                if fallback is None:
-                    fallback = await consumer.position(tp)
-            measurement = progress.measure(key, end, fallback, now)
-            if measurement is not None:
-                measured.append(measurement)
-        report_lag("faust", measured)
+        # An exception in a Faust timer stops the worker; a measurement is only worth a log line.
+        try:
+            await measure_faust_lag(app.consumer, progress, topics)
+        except Exception as exc:  # a rebalance or the broker went away mid-measurement
+            log.warning("lag not measured this time: %r", exc)
+
+
+async def measure_faust_lag(consumer: Any, progress: Progress, topics: set[str]) -> None:
+    """One measurement of every partition of `topics` assigned now."""
+    partitions = [tp for tp in (consumer.assignment() if consumer else ()) if tp.topic in topics]
+    ends = await _faust_ends(consumer, partitions)
+    # Faust's own record of what it committed (the next offset, since faust#33): used for a
+    # partition that processed nothing since it was assigned. Not public API, hence getattr.
+    committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
+    now = time.time()
+    measured: list[Measurement] = []
+    for tp in partitions:
+        end = ends.get(tp)
+        if end is None or not _still_assigned(consumer, tp):
+            continue
+        key = (tp.topic, tp.partition)
+        fallback = None
+        if key not in progress.processed:
+            fallback = committed.get(tp)
+            if fallback is None:
+                fallback = await consumer.position(tp)
+        measurement = progress.measure(key, end, fallback, now)
+        if measurement is not None:
+            measured.append(measurement)
+    report_lag("faust", measured)
 
 
 async def _faust_ends(consumer: Any, partitions: list[Any]) -> Mapping[Any, int]:
@@ -141,7 +149,15 @@ async def _faust_ends(consumer: Any, partitions: list[Any]) -> Mapping[Any, int]
     except Exception as exc:  # the broker is unreachable: the last fetch's view is all we have
         log.debug("end offsets unavailable, using the last fetched highwaters: %r", exc)
         listed = {}
-    return partition_ends(listed, {tp: consumer.highwater(tp) for tp in partitions})
+    # A rebalance may have run during the await: aiokafka asserts on a partition not assigned.
+    fetched = {tp: consumer.highwater(tp) for tp in partitions if _still_assigned(consumer, tp)}
+    return {tp: end for tp, end in partition_ends(listed, fetched).items() if tp in fetched}
+
+
+def _still_assigned(consumer: Any, tp: Any) -> bool:
+    """Whether `tp` is assigned now: asking aiokafka about a revoked one raises AssertionError,
+    which would crash the worker from a timer."""
+    return tp in set(consumer.assignment())
 
 
 # --- the sync consumer -----------------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from faust.types import TP
+
 from agents import metrics
 from agents.offsets import partition_ends
-from agents.worker.lag import DeliveryLag, Progress, age, report_lag
+from agents.worker.lag import DeliveryLag, Progress, measure_faust_lag, age, report_lag
 
 SYNC = ("app-klaviyo-sync", 0)
 T0 = 1_800_000_000.0
@@ -142,3 +144,34 @@ def test_a_partition_ends_at_the_larger_of_listoffsets_and_the_last_fetch() -> N
     listed = {"p0": 81, "p1": 100, "p2": None}
     fetched = {"p0": 100, "p1": 60, "p2": 7, "p3": None}
     assert partition_ends(listed, fetched) == {"p0": 100, "p1": 100, "p2": 7}
+
+
+class _RevokingConsumer:
+    """Behaves like aiokafka where it matters: asking about a partition not assigned asserts.
+    Partition 1 is revoked while the end offsets are being listed, as a rebalance would."""
+
+    def __init__(self) -> None:
+        self.assigned = {TP("t", 0), TP("t", 1)}
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    async def highwaters(self, *partitions: TP) -> dict[TP, int]:
+        self.assigned.discard(TP("t", 1))
+        return {tp: 10 for tp in partitions}
+
+    def highwater(self, tp: TP) -> int:
+        assert tp in self.assigned, "Partition is not assigned"
+        return 10
+
+    async def position(self, tp: TP) -> int:
+        assert tp in self.assigned, "Partition is not assigned"
+        return 4
+
+
+async def test_a_partition_revoked_during_a_measurement_is_skipped_not_fatal() -> None:
+    consumer, progress = _RevokingConsumer(), Progress()
+    await measure_faust_lag(consumer, progress, {"t"})
+    assert sample("returnsync_consumer_lag_messages", "t", "0") == 6
+    assert sample("returnsync_consumer_lag_messages", "t", "1") is None
+    report_lag("faust", [])
