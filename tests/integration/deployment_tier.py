@@ -423,8 +423,11 @@ def trace(fleet: Fleet, events: list[ReturnEvent], missing: set[tuple[str, str, 
     sync = sync_topic(settings)
     for topic in (settings.topics.events, rekey_topic(settings), sync):
         for record in read_all(fleet.bootstrap_servers, topic):
+            # A sync record carries the customer's whole state, which names earlier events too:
+            # only the record's own event counts.
+            own = orjson.loads(record.value)["event"]["event_id"] if topic == sync else None
             for event_id in wanted:
-                if event_id.encode() in record.value:
+                if (own == event_id) if topic == sync else event_id.encode() in record.value:
                     applied = orjson.loads(record.value).get("applied", "") if topic == sync else ""
                     found[event_id].append(f"{topic.removeprefix(fleet.prefix)} "
                                            f"p{record.partition}@{record.offset} {applied}".rstrip())
