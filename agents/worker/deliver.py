@@ -50,8 +50,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def __init__(
         self, delivery: Delivery, pipeline: Pipeline, versions: KafkaVersions, fence_seconds: float,
-        lag: DeliveryLag,
+        lag: DeliveryLag, runtime: Runtime,
     ) -> None:
+        self.runtime = runtime
         self.delivery = delivery
         self.pipeline = pipeline
         self.versions = versions
@@ -64,6 +65,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self.generation += 1
         self.floors_loaded.clear()
+        self.runtime.sync_assigned = False
         task = self.inflight
         if task is not None and not task.done():
             task.cancel()
@@ -89,6 +91,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("version floors not loaded (attempt %d, retrying): %r", attempt, exc)
                 await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
         self.floors_loaded.set()
+        self.runtime.sync_assigned = True
 
 
 def register(runtime: Runtime) -> None:
@@ -115,7 +118,7 @@ def register(runtime: Runtime) -> None:
         lag = DeliveryLag()
         pipeline = Pipeline(lambda offsets: _commit(consumer, offsets, lag), PIPELINE_DEPTH)
         # The group waits for a revoking member up to the session timeout: fence within half.
-        listener = _Rebalance(delivery, pipeline, versions, settings.session_timeout / 2, lag)
+        listener = _Rebalance(delivery, pipeline, versions, settings.session_timeout / 2, lag, runtime)
         consumer.subscribe([runtime.sync_topic_name], listener=listener)
         await consumer.start()
         # On its own schedule: while a batch waits on Klaviyo the delivery loop is not running.
@@ -124,6 +127,7 @@ def register(runtime: Runtime) -> None:
             while True:
                 await _deliver_next_batch(consumer, delivery, listener, runtime, dead_letters)
         finally:
+            runtime.sync_assigned = False
             measuring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await measuring

@@ -32,6 +32,8 @@ class Runtime:
     raw: TopicT
     table: TableT[bytes, bytes]
     progress: Progress = field(default_factory=Progress)
+    sync_assigned: bool = False
+    """The sync consumer (agents/worker/deliver.py) is in its group with its version floors loaded."""
 
     @property
     def rekey_topic_name(self) -> str:
@@ -42,11 +44,19 @@ class Runtime:
         return sync_topic(self.settings)
 
     def ready(self) -> bool:
-        """Partitions assigned and every table recovered: processing, not catching up."""
+        """Partitions assigned, every table recovered and the sync consumer in its group:
+        processing and delivering, not catching up or joining.
+
+        The sync consumer counts because a rolling restart moves on when /ready answers: a
+        worker stopped while another's sync consumer is still joining makes the group rebalance
+        again (and on the embedded broker a leader leaving then can stall the group for minutes).
+        """
         app = self.app
         recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
         try:
             assigned = bool(app.consumer.assignment()) if app.consumer else False
         except ConsumerNotStarted:  # the web server listens before the consumer thread has started
             return False
-        return assigned and not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
+        return (assigned and not app.rebalancing and not recovery.in_recovery
+                and recovery.completed.is_set()
+                and (self.sync_assigned or not self.settings.delivery_enabled))

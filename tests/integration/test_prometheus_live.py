@@ -352,12 +352,14 @@ def watch(url: str, stop: threading.Event, seen: list[Observation]) -> None:
 
 
 def group_rebalances(worker: ChildProcess) -> int:
-    """How many times the worker's Faust consumer group has (re)balanced so far. aiokafka logs
-    this line before it calls the revocation listener, which is what turns /ready to 503, so a
-    503 caused by a rebalance is always preceded by one more of these lines."""
+    """How many times the worker's consumer groups (Faust's and the sync consumer's) have
+    (re)balanced so far. aiokafka logs this line before it calls the revocation listener, which
+    is what turns /ready to 503, so a 503 caused by a rebalance is always preceded by one more
+    of these lines."""
     group = worker.env["RETURNSYNC_APP_ID"]  # the sync consumer's group only starts with it
     log = worker.log_file.read_text(errors="replace")
-    return re.findall(r"Revoking previously assigned partitions .* for group (\S+)", log).count(group)
+    groups = re.findall(r"Revoking previously assigned partitions .* for group (\S+)", log)
+    return groups.count(group) + groups.count(f"{group}-klaviyo-sync")  # both count for /ready
 
 
 def test_not_ready_before_the_consumer_starts() -> None:

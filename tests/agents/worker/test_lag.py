@@ -9,7 +9,7 @@ from faust.types import TP
 
 from agents import metrics
 from agents.offsets import partition_ends
-from agents.worker.lag import DeliveryLag, Progress, measure_faust_lag, age, report_lag
+from agents.worker.lag import DeliveryLag, Progress, age, measure_faust_lag, report_lag
 
 SYNC = ("app-klaviyo-sync", 0)
 T0 = 1_800_000_000.0
