@@ -69,8 +69,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         task = self.inflight
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                if _stopping():
+                    raise
         deadline = time.monotonic() + self.fence_seconds
         await self.delivery.quiesce(self.fence_seconds)
         await self.pipeline.drain(max(0.0, deadline - time.monotonic()))
@@ -167,13 +170,22 @@ async def _deliver_next_batch(
     try:
         settled = await listener.inflight
     except asyncio.CancelledError:
-        if not listener.inflight.cancelled():
-            raise  # we are being stopped, not revoked
+        # Revocation cancels only the batch; a stop cancels this task, and the batch with it.
+        # Swallowing a stop kept the worker delivering (and committing past the given-up batch)
+        # until it was killed: the stop must go on.
+        if _stopping():
+            raise
         log.info("sync batch cancelled by a rebalance; the new owner redelivers it")
         return
     finally:
         listener.inflight = None
     pipeline.add({tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}, settled)
+
+
+def _stopping() -> bool:
+    """Whether the running task itself is being cancelled (a stop), not only what it awaited."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
 
 
 async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], lag: DeliveryLag) -> None:

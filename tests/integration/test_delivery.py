@@ -247,3 +247,30 @@ def test_401_pauses_the_account_and_resumes_when_the_key_works(
     wait_until(lambda: metric_value(worker, "returnsync_klaviyo_auth_failed", 'tenant="default"') == 0.0,
                within=30, what="returnsync_klaviyo_auth_failed{tenant=default} back to 0")
     assert sync_dead_letters(bootstrap_servers, prefix, at_least=0, within=1) == []
+
+
+def test_a_worker_stopped_while_a_batch_waits_on_klaviyo_exits_by_itself_and_loses_nothing(
+    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread,
+) -> None:
+    """SIGTERM while a batch is retried against an outage: the batch is given up (it was never
+    committed), the worker stops by itself instead of going on delivering until it is killed,
+    and the next start delivers everything."""
+    events = demo_events(40, seed=31)
+    expected = expected_klaviyo([WARMUP, *events])
+    worker = start_worker()
+    publish([WARMUP])
+    wait_until(lambda: sandbox.event_keys() >= expected_klaviyo([WARMUP]).events, within=90,
+               what="the warm-up event to be delivered")
+    outage = sandbox.admin("POST", "faults", json={"status": 503, "seconds": 300})
+    publish(events)
+    wait_until(lambda: (metric_value(worker, "returnsync_sync_backlog", "") or 0) > 0, within=90,
+               what="a batch in flight against the outage")
+    worker.stop(within=20)
+    assert worker.process is not None
+    assert worker.process.returncode == 0, (
+        f"SIGTERM must stop the worker by itself, not after a kill: exit {worker.process.returncode}\n"
+        f"{worker.log_tail()}")
+    sandbox.admin("DELETE", f"faults/{outage['id']}")
+    start_worker()
+    converged(expected, sandbox, within=120)
+    assert sandbox.event_keys() == expected.events
