@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from agents.deadletters import DeadLetters
 from agents.klaviyo.channels import Channels
@@ -165,7 +165,11 @@ async def _deliver_next_batch(
     records = await _decode(messages, dead_letters)
     await listener.floors_loaded.wait()
     if listener.generation != generation:
-        return  # revoked meanwhile: these partitions may be another worker's now
+        # A rebalance ran meanwhile: these may be another worker's now, or ours again, fetched
+        # from the new assignment. Either way they are not delivered here, so the consumer must
+        # not move past them: dropped without a rewind, they were never delivered at all.
+        await _rewind_to_committed(consumer, [tp for tp, batch in batches.items() if batch])
+        return
     listener.inflight = asyncio.ensure_future(delivery.submit(records))
     try:
         settled = await listener.inflight
@@ -180,6 +184,22 @@ async def _deliver_next_batch(
     finally:
         listener.inflight = None
     pipeline.add({tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}, settled)
+
+
+async def _rewind_to_committed(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+    """Fetch these partitions again from the group's committed offsets (those still assigned;
+    the others start there for their next owner anyway)."""
+    for tp in partitions:
+        if tp not in consumer.assignment():
+            continue
+        try:
+            committed = await consumer.committed(tp)
+            if committed is None:  # nothing committed: the group starts from the beginning
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        except (IllegalStateError, KafkaError) as exc:  # revoked again meanwhile: reset by that
+            log.info("sync partition not rewound (%s): %r", tp, exc)
 
 
 def _stopping() -> bool:

@@ -8,6 +8,7 @@ Helpers shared by the other test_delivery_* modules live here too.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -273,4 +274,31 @@ def test_a_worker_stopped_while_a_batch_waits_on_klaviyo_exits_by_itself_and_los
     sandbox.admin("DELETE", f"faults/{outage['id']}")
     start_worker()
     converged(expected, sandbox, within=120)
+    assert sandbox.event_keys() == expected.events
+
+
+def test_events_flowing_through_rebalances_all_reach_klaviyo(
+    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread,
+) -> None:
+    """A second worker joins and later leaves while events keep coming. The sync consumer gets
+    records of its new assignment while the rebalance is still being handled (aiokafka hands the
+    partitions to the fetcher first); dropping those without rewinding skipped them for good."""
+    events = demo_events(500, seed=33)
+    expected = expected_klaviyo(events)
+    start_worker(index=0)
+    chunks = [events[start:start + 5] for start in range(0, len(events), 5)]
+
+    def trickle() -> None:  # in order, so each customer's events stay in order
+        for chunk in chunks:
+            publish(chunk)
+
+    flowing = threading.Thread(target=trickle)
+    flowing.start()
+    try:
+        second = start_worker(index=1)  # its join rebalances the group under load
+        second.stop()  # and its leaving, again
+    finally:
+        flowing.join(120)
+    assert not flowing.is_alive(), "publishing did not finish"
+    converged(expected, sandbox, within=180)
     assert sandbox.event_keys() == expected.events
