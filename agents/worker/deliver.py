@@ -135,6 +135,14 @@ def register(runtime: Runtime) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await measuring
             report_lag("sync", [])
+            # Leaving the group does not call the listener (aiokafka), so a stop goes through
+            # the revocation fence itself: bulk jobs Klaviyo accepted get their ids recorded as
+            # floors and settled batches are committed. Cut short, the next owner wrote a
+            # newer profile that the unrecorded job, applied later, overwrote with an older one.
+            try:
+                await listener.on_partitions_revoked(consumer.assignment())
+            except Exception as exc:
+                log.warning("sync stop: in-flight work not fenced (redelivered by the next owner): %r", exc)
             pipeline.cancel_all()
             with contextlib.suppress(Exception):
                 await consumer.stop()
