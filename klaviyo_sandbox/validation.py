@@ -45,7 +45,7 @@ class OperationSpec:
 
 @cache
 def catalog() -> Mapping[str, OperationSpec]:
-    """The committed extract of Klaviyo's OAS; read once, works without ../shared."""
+    """The committed extract of Klaviyo's OAS (scripts/extract_klaviyo_schemas.py); read once."""
     text = resources.files("klaviyo_sandbox").joinpath(SCHEMAS_RESOURCE).read_text(encoding="utf-8")
     raw = json.loads(text)["operations"]
     return {

@@ -1,9 +1,10 @@
 """Regenerate klaviyo_sandbox/klaviyo_schemas.json from Klaviyo's published OpenAPI spec.
 
 The sandbox validates request bodies against Klaviyo's own schemas, but it must run
-where ../shared is absent (wheels, containers), so the parts it needs are committed as
-data. This script is the only way that file is produced; a test re-runs it and fails
-when the committed copy drifts from the spec.
+from a wheel or a container, so the parts it needs are committed as data; the spec
+itself is vendored beside them (klaviyo_sandbox/reference/). This script is the only
+way that file is produced; a test re-runs it and fails when the committed copy drifts
+from the spec.
 
     python scripts/extract_klaviyo_schemas.py            # rewrite the committed file
     python scripts/extract_klaviyo_schemas.py --check    # exit 1 if it is stale
@@ -13,6 +14,7 @@ when the committed copy drifts from the spec.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import sys
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OAS = REPO.parent / "shared" / "reference" / "klaviyo-openapi-2026-07-15.json"
+# Vendored, gzipped (klaviyo_sandbox/reference/README.md says where it comes from).
+DEFAULT_OAS = REPO / "klaviyo_sandbox" / "reference" / "klaviyo-openapi-2026-07-15.json.gz"
 DEFAULT_OUT = REPO / "klaviyo_sandbox" / "klaviyo_schemas.json"
 
 # The operations returnsync calls. Body-less GETs are listed for their rate limits.
@@ -139,8 +142,12 @@ def render(data: dict[str, JSON]) -> str:
 
 
 def extract(oas_path: Path) -> str:
+    """The extract of the spec at `oas_path` (plain or gzipped: named and hashed as the plain file)."""
     raw = oas_path.read_bytes()
-    return render(build(json.loads(raw), oas_path.name, hashlib.sha256(raw).hexdigest()))
+    name = oas_path.name
+    if name.endswith(".gz"):
+        raw, name = gzip.decompress(raw), name.removesuffix(".gz")
+    return render(build(json.loads(raw), name, hashlib.sha256(raw).hexdigest()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,3 +132,16 @@ def test_processors_never_import_the_app_that_wires_them() -> None:
     wired = [module for module, targets in graph().items()
              if "agents.worker.app" in targets and module not in ("agents.worker.run",)]
     assert wired == []
+
+
+def test_nothing_reads_outside_the_repository() -> None:
+    """A clone stands alone: no code, script, benchmark or test reaches above the repository
+    (what was read from a sibling folder is vendored, klaviyo_sandbox/reference/)."""
+    reaching = []
+    for folder in (*PACKAGES, "scripts", "benchmarks", "tests"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            text = path.read_text()
+            for needle in ("REPO.parent", "../shared", '"shared"'):
+                if needle in text and path != Path(__file__):
+                    reaching.append(f"{path.relative_to(REPO)}: {needle}")
+    assert not reaching, reaching

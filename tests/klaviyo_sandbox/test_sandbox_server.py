@@ -23,7 +23,7 @@ from klaviyo_sandbox import SandboxServer
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "reference"
+EXAMPLES = REPO / "klaviyo_sandbox" / "reference" / "examples"
 KEYS = {"sandbox-key": "default", "other-key": "other"}
 HEADERS = {
     "Authorization": "Klaviyo-API-Key sandbox-key",
@@ -898,7 +898,7 @@ def test_committed_schemas_equal_a_fresh_extraction(tmp_path: Path) -> None:
 async def test_reference_examples_are_accepted(
     client: httpx.AsyncClient, example: str, path: str, status: int
 ) -> None:
-    body = json.loads((SHARED / "klaviyo-examples" / example).read_text())
+    body = json.loads((EXAMPLES / example).read_text())
     response = await client.post(path, json=body)
     assert response.status_code == status, response.text
 
