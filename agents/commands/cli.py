@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import sys
@@ -16,8 +17,16 @@ from agents.topic_admin import TopicPlanError
 DEFAULT_SANDBOX_KEY = "sandbox-key"
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("returnsync")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="returnsync", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"returnsync {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("worker", help="run a worker (configuration from the environment)")
