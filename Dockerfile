@@ -6,10 +6,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# .dockerignore lets in only what the package needs: pyproject.toml, README.md, streams/, agents/, klaviyo_sandbox/.
+# .dockerignore lets in only what the package needs: pyproject.toml, README.md, constraints.txt,
+# streams/, agents/, klaviyo_sandbox/. The constraints pin every runtime package: rebuilds are reproducible.
 WORKDIR /src
 COPY . .
-RUN pip install . && rm -rf /src/build
+RUN pip install -c constraints.txt . && rm -rf /src/build
 
 # RocksDB tables live under RETURNSYNC_DATA_DIR; compose mounts a named volume there, which
 # takes this directory's owner, so the non-root user can write to it.

@@ -453,7 +453,7 @@ def instructions(keyword: str) -> list[str]:
 
 def test_dockerfile_installs_the_project_and_runs_the_cli_as_a_non_root_user():
     assert instructions("FROM") == ["python:3.11-slim"]
-    assert any("pip install ." in run for run in instructions("RUN"))
+    assert any(re.search(r"pip install (-c \S+ )?\.( |$)", run) for run in instructions("RUN"))
     assert instructions("USER") and instructions("USER")[-1] not in ("root", "0")
     assert instructions("ENTRYPOINT") == ['["returnsync"]']
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -465,6 +465,28 @@ def test_dockerfile_prepares_the_directory_the_workers_keep_rocksdb_in():
         data_dir = environment(worker)["RETURNSYNC_DATA_DIR"]
         # A fresh named volume takes the owner of the image directory it is mounted on.
         assert re.search(rf"chown \S+ {re.escape(data_dir)}\b", DOCKERFILE), data_dir
+
+
+def test_the_image_installs_exactly_the_constrained_runtime_packages():
+    """A rebuild installs what was tested: every runtime dependency (and what they pull in) is
+    pinned in constraints.txt, within pyproject's ranges, and the Dockerfile installs with it."""
+    assert any("pip install -c constraints.txt ." in run for run in instructions("RUN"))
+    pinned = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            pinned[canonical(name)] = version
+    for requirement in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name = canonical(re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0])
+        assert name in pinned, f"{name} is a dependency but not pinned in constraints.txt"
+        for extra in re.findall(r"\[([^\]]+)\]", requirement)[:1]:
+            for package in extra.split(","):
+                assert canonical(package) in pinned, f"{package} (an extra of {name}) is not pinned"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower().strip()
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
@@ -487,7 +509,8 @@ def test_dockerignore_sends_the_package_and_nothing_else():
         for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for needed in ("pyproject.toml", "streams/__init__.py", "agents/__init__.py", "agents/metrics.py"):
+    for needed in ("pyproject.toml", "constraints.txt", "streams/__init__.py", "agents/__init__.py",
+                   "agents/metrics.py", "klaviyo_sandbox/klaviyo_schemas.json"):
         assert not dockerignored(needed, patterns), f"{needed} must reach `pip install .`"
     for kept_out in (
         ".venv/bin/python",
@@ -496,5 +519,6 @@ def test_dockerignore_sends_the_package_and_nothing_else():
         "tests/unit/test_compose.py",
         "agents/__pycache__/metrics.cpython-311.pyc",
         ".returnsync-data/x.sst",
+        "klaviyo_sandbox/reference/klaviyo-openapi-2026-07-15.json.gz",
     ):
         assert dockerignored(kept_out, patterns), f"{kept_out} must stay out of the image"
