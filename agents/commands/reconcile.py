@@ -1,7 +1,8 @@
 """`returnsync reconcile` and `replay --dry-run`: report the drift between the state derived from
 returns.events (agents/commands/replay.py's scan) and Klaviyo, and optionally repair it
-(agents/klaviyo/reconcile.py). The report goes to the operator's terminal (stdout) and may show a
-few emails as examples; logs and the drift gauge carry counts only.
+(agents/klaviyo/reconcile.py). The report goes to stdout, as text or (`--json`) one JSON document;
+customers in its examples are hashes unless `--show-customers`; logs and the drift gauge carry
+counts only.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import argparse
 import random
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from agents import metrics
 from agents.commands.scan import Selection, open_consumer, rate_limited, scan, share
@@ -22,9 +27,30 @@ from agents.topic_plan import versions_topic
 from streams.state import CustomerState
 
 
+@dataclass(frozen=True)
+class Output:
+    json: bool = False
+    show_customers: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Output:
+        return cls(json=args.json, show_customers=args.show_customers)
+
+    def emit(self, drift: Any, repaired: Any = None) -> None:
+        if not self.json:
+            print(drift.report(show_customers=self.show_customers))
+            if repaired is not None:
+                print(repaired.report())
+            return
+        document = {"drift": drift.summary(show_customers=self.show_customers),
+                    "repair": repaired.summary() if repaired is not None else None}
+        print(orjson.dumps(document, default=str, option=orjson.OPT_INDENT_2).decode())
+
+
 async def report_drift(
     settings: Settings, states: Mapping[str, CustomerState], *, fix: bool = False,
     rescan: Callable[[], Awaitable[Mapping[str, CustomerState]]] | None = None,
+    output: Output = Output(),  # frozen, never mutated
 ) -> int:
     """Print the drift report; exit code 0 when there is none (or it was all repaired), 1 when
     there is, 2 when Klaviyo or the floors could not be read (so a failure never passes for drift
@@ -37,8 +63,8 @@ async def report_drift(
             print(f"could not read Klaviyo profiles: {exc}", file=sys.stderr)
             return 2
         metrics.RECONCILE_DRIFT_PROFILES.set(len(drift.drifted))
-        print(drift.report())
         if not (drift.drifted and fix):
+            output.emit(drift)
             return 1 if drift.drifted else 0
         newest, attempts = dict(states), 0
 
@@ -56,23 +82,24 @@ async def report_drift(
             fixed = await repair(channels, drift.drifted, current, floors, settings.projection,
                                  unseen_ok=True)
         except (KlaviyoError, FloorsUnreadable) as exc:
+            output.emit(drift)
             print(f"repair stopped: {exc}", file=sys.stderr)
             return 2
-        print(fixed.report())
+        output.emit(drift, fixed)
         metrics.RECONCILE_DRIFT_PROFILES.set(len(drift.drifted) - len(fixed.repaired))
         return 0 if fixed.resolved else 1
     finally:
         await channels.aclose()
 
 
-async def dry_run(settings: Settings, selection: Selection) -> int:
+async def dry_run(settings: Settings, selection: Selection, output: Output) -> int:
     """`replay --dry-run`: the drift of the profiles the replay would write. Reads only."""
     consumer = await open_consumer(settings, None)
     try:
         scanned = await scan(consumer, settings.topics.events, selection)
     finally:
         await consumer.stop()
-    return await report_drift(settings, scanned.touched())
+    return await report_drift(settings, scanned.touched(), output=output)
 
 
 async def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
@@ -94,10 +121,18 @@ async def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             await consumer.stop()
 
-    return await report_drift(rate_limited(settings, args.rate_share), states, fix=args.repair, rescan=rescan)
+    return await report_drift(rate_limited(settings, args.rate_share), states, fix=args.repair, rescan=rescan,
+                              output=Output.from_args(args))
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout instead of text")
+    parser.add_argument("--show-customers", action="store_true",
+                        help="name customers by email in the examples (default: a short hash)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_output_arguments(parser)
     parser.add_argument("--sample", type=int, default=1000, help="customers to compare (0: all)")
     parser.add_argument("--repair", action="store_true", help="write the derived profile where it drifted")
     parser.add_argument("--tenant", help="only this tenant's customers")

@@ -28,6 +28,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.commands.publish import progress_bar
+from agents.commands.reconcile import Output, add_output_arguments, dry_run
 from agents.commands.scan import ALL, Scan, Selection, open_consumer, rate_limited, scan, share
 from agents.deadletters import DeadLetters
 from agents.klaviyo.channels import Channels
@@ -86,10 +87,11 @@ async def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     selection = Selection(since_ms=args.since, until_ms=args.until, from_offsets=args.from_offset or {},
                           to_offsets=args.to_offset or {}, tenant=args.tenant)
     topic = settings.topics.events
+    if (args.json or args.show_customers) and not args.dry_run:
+        print("--json and --show-customers shape the --dry-run report", file=sys.stderr)
+        return 2
     if args.dry_run:
-        from agents.commands.reconcile import dry_run
-
-        return await dry_run(rate_limited(settings, args.rate_share), selection)
+        return await dry_run(rate_limited(settings, args.rate_share), selection, Output.from_args(args))
     group = f"{settings.app_id}-replay-{args.name}"
     consumer = await open_consumer(settings, group)
     producer = AIOKafkaProducer(**settings.kafka().client_options(), acks="all")
@@ -132,6 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=5000, help="records per delivery batch")
     parser.add_argument("--dry-run", action="store_true",
                         help="read Klaviyo, report drift from the derived state, write nothing")
+    add_output_arguments(parser)  # the dry run's report
 
 
 def _rfc3339(text: str) -> int:

@@ -50,7 +50,8 @@ class Drift:
     compared: int = 0
     drifted: dict[str, list[str]] = field(default_factory=dict)  # customer key -> properties
     per_property: Counter[str] = field(default_factory=Counter)
-    examples: list[tuple[str, str, Any, Any]] = field(default_factory=list)
+    examples: list[tuple[str, str, str, Any, Any]] = field(default_factory=list)
+    """(customer key, email, property, derived, klaviyo)."""
 
     def add(self, state: CustomerState, differences: Mapping[str, tuple[Any, Any]]) -> None:
         self.compared += 1
@@ -60,16 +61,33 @@ class Drift:
         self.per_property.update(differences.keys())
         for name, (wanted, got) in sorted(differences.items()):
             if len(self.examples) < EXAMPLES:
-                self.examples.append((state.identity.email, name, wanted, got))
+                self.examples.append((state.customer_key, state.identity.email, name, wanted, got))
 
-    def report(self) -> str:
+    def report(self, *, show_customers: bool = False) -> str:
+        """For a terminal. Customers appear as hashes (customer_ref) unless `show_customers`."""
         lines = [f"compared {self.compared} profiles: {len(self.drifted)} drifted"]
         lines += [f"  {name}: {count}" for name, count in self.per_property.most_common()]
         if self.examples:
-            lines.append("examples (email, property, derived, klaviyo):")
-            lines += [f"  {email} {name}: {wanted!r} != {got!r}"
-                      for email, name, wanted, got in self.examples]
+            who = "email" if show_customers else "customer"
+            lines.append(f"examples ({who}, property, derived, klaviyo):")
+            lines += [f"  {_who(key, email, show_customers)} {name}: {wanted!r} != {got!r}"
+                      for key, email, name, wanted, got in self.examples]
         return "\n".join(lines)
+
+    def summary(self, *, show_customers: bool = False) -> dict[str, Any]:
+        """The same, for a machine (`--json`)."""
+        return {
+            "compared": self.compared,
+            "drifted": len(self.drifted),
+            "per_property": dict(self.per_property.most_common()),
+            "examples": [{"customer": _who(key, email, show_customers), "property": name,
+                          "derived": wanted, "klaviyo": got}
+                         for key, email, name, wanted, got in self.examples],
+        }
+
+
+def _who(customer_key: str, email: str, show_customers: bool) -> str:
+    return email if show_customers else customer_ref(customer_key)
 
 
 def differences(wanted: Mapping[str, Any], got: Mapping[str, Any] | None) -> dict[str, tuple[Any, Any]]:
@@ -175,6 +193,12 @@ class Repair:
         if self.unsettled:
             lines.append(f"  still changing, may hold an older state: {len(self.unsettled)} (run again)")
         return "\n".join(lines)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts only, for a machine (`--json`)."""
+        return {"repaired": len(self.repaired),
+                "left_to_live_delivery": {reason.value: count for reason, count in sorted(self.left.items())},
+                "refused": len(self.failed), "unsettled": len(self.unsettled), "resolved": self.resolved}
 
     @property
     def resolved(self) -> bool:

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from agents.commands.publish import event_records
 from agents.devstack.processes import ChildProcess
 from streams.demo import demo_events
+from streams.events import DEFAULT_TENANT, customer_key, customer_ref
 from streams.partitioning import expected_partition
 from streams.projection import ProjectionConfig, klaviyo_events
 from tests.integration.conftest import PARTITIONS, WorkerFactory
@@ -153,12 +155,26 @@ def test_dry_run_reports_exactly_the_planted_drift_and_writes_nothing(
     assert f"compared {len(expected.profiles)} profiles: 2 drifted" in report, drifted.stderr[-3000:]
     assert "  returns_count: 1\n" in report and "  returns_active: 1\n" in report, report
     assert "  returns_refund_total: 1\n" in report, report
+    assert first not in report and second not in report, "customers are hashes unless asked"
+    assert customer_ref(customer_key(DEFAULT_TENANT, first)) in report, report
+
+    as_json = returnsync(["replay", "--from-beginning", "--dry-run", "--json", "--show-customers"], env)
+    assert as_json.returncode == 1, as_json.stdout + as_json.stderr[-2000:]
+    document = orjson.loads(as_json.stdout)
+    assert document["repair"] is None
+    assert {k: document["drift"][k] for k in ("compared", "drifted")} == {
+        "compared": len(expected.profiles), "drifted": 2}
+    assert document["drift"]["per_property"] == {"returns_count": 1, "returns_active": 1,
+                                                 "returns_refund_total": 1}
+    assert {example["customer"] for example in document["drift"]["examples"]} == {first, second}
     new = sandbox.admin("GET", "requests")[logged:]
     assert new and all((r["method"], r["path"]) == ("GET", "/api/profiles") for r in new), new
 
-    repaired = returnsync(["reconcile", "--sample", "0", "--repair"], env)
+    repaired = returnsync(["reconcile", "--sample", "0", "--repair", "--json"], env)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr[-2000:]
-    assert "2 drifted" in repaired.stdout and "repaired 2 profiles" in repaired.stdout
+    document = orjson.loads(repaired.stdout)
+    assert document["drift"]["drifted"] == 2 and document["repair"]["repaired"] == 2
+    assert document["repair"]["resolved"] is True
     assert profile_differences(expected, sandbox) == []
 
 

@@ -8,6 +8,7 @@ on the wire, so the repair's older write lands last, as it can in production.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -18,9 +19,10 @@ import pytest
 from agents.klaviyo.accounts import KlaviyoAccount
 from agents.klaviyo.channels import Channel, Channels
 from agents.klaviyo.client import RetryPolicy
-from agents.klaviyo.reconcile import Repair, Verdict, _apply_floor, repair, verdict
+from agents.klaviyo.reconcile import Drift, Repair, Verdict, _apply_floor, repair, verdict
 from agents.klaviyo.versions import Floor, MemoryVersions
 from streams.demo import demo_events
+from streams.events import customer_ref
 from streams.projection import ProjectionConfig
 from streams.reducer import apply_event
 from streams.state import CustomerState
@@ -181,3 +183,24 @@ def test_floor_records_are_read_in_the_versions_topic_format() -> None:
     _apply_floor(floors, wanted, KEY.encode(), None)  # a tombstone
     assert floors.floor(KEY) == Floor(6, "j1") and floors.job_complete("j1")
     assert floors.floor("default/other@example.com") is None
+
+
+def test_drift_reports_name_customers_by_hash_unless_asked() -> None:
+    drift = Drift()
+    drift.add(state_at(3), {"returns_count": (3, 10)})
+    drift.add(state_at(4), {})
+    for shown in (drift.report(), orjson.dumps(drift.summary()).decode()):
+        assert EMAIL not in shown and customer_ref(KEY) in shown
+    assert EMAIL in drift.report(show_customers=True)
+    assert drift.summary(show_customers=True)["examples"][0]["customer"] == EMAIL
+    assert drift.summary() == {
+        "compared": 2, "drifted": 1, "per_property": {"returns_count": 1},
+        "examples": [{"customer": customer_ref(KEY), "property": "returns_count",
+                      "derived": 3, "klaviyo": 10}],
+    }
+
+
+def test_a_repair_summary_counts_and_says_whether_it_resolved() -> None:
+    done = Repair(repaired=[KEY], left=Counter({Verdict.BEHIND: 2}), failed=[], unsettled=[KEY])
+    assert done.summary() == {"repaired": 1, "left_to_live_delivery": {"behind": 2}, "refused": 0,
+                              "unsettled": 1, "resolved": False}
