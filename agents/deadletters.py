@@ -35,7 +35,10 @@ class DeadLetters:
         record = dead_letter(stage=stage, reason=reason, error=error, original=original,
                              at=datetime.now(UTC), origin=origin)
         await self._send(key, record)
-        log.info("dead-lettered stage=%s reason=%s origin=%s", stage.value, reason.value, origin)
+        where: dict[str, Any] = {name: origin[name] for name in ("topic", "partition", "offset")
+                                 if origin and name in origin}
+        log.info("dead-lettered stage=%s reason=%s origin=%s", stage.value, reason.value, origin,
+                 extra={"stage": stage.value, "reason": reason.value, **where})
 
     async def message(self, stage: Stage, reason: Reason, error: str, message: Any) -> None:
         """A Kafka record this stage gives up on, kept byte for byte with its origin."""

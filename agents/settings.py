@@ -73,6 +73,8 @@ class Settings:
     shopify_hold_per_order: int = 50
     shopify_hold_max: int = 10_000
     log_level: str = "info"
+    log_format: str = "auto"
+    """json, text, or auto: text on a terminal, json otherwise (agents/logs.py)."""
     session_timeout: float = 30.0
     sync_batch_size: int = 500
     sync_batch_seconds: float = 0.5
@@ -185,6 +187,7 @@ class Settings:
             log_level=reader.choice(
                 "RETURNSYNC_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
+            log_format=reader.choice("RETURNSYNC_LOG_FORMAT", "auto", ("auto", "json", "text")),
             session_timeout=reader.number("RETURNSYNC_SESSION_TIMEOUT", 30.0, float, 1.0, 600.0),
             sync_batch_size=reader.number("RETURNSYNC_SYNC_BATCH_SIZE", 500, int, 1, 10_000),
             sync_batch_seconds=reader.number("RETURNSYNC_SYNC_BATCH_SECONDS", 0.5, float, 0.0, 60.0),

@@ -106,7 +106,7 @@ ALLOWED = {
                        "agents.settings", "agents.topic_plan", "streams"),
     "agents.worker": ("agents.worker", "agents.klaviyo", "agents.metrics", "agents.kafka", "agents.offsets",
                       "agents.settings", "agents.topic_plan", "agents.topic_admin", "agents.deadletters",
-                      "streams"),
+                      "agents.logs", "streams"),
     "agents.commands": ("agents", "klaviyo_sandbox", "streams"),
     "agents.devstack": ("agents.devstack", "agents.commands.publish", "agents.kafka", "agents.settings",
                         "streams"),

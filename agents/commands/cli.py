@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import importlib.metadata
 import logging
+import logging.config
 import os
 import sys
 from pathlib import Path
 
 from agents.kafka import KafkaUnreachable, check_reachable
+from agents.logs import logging_config
 from agents.settings import Settings, SettingsError
 from agents.topic_admin import TopicPlanError
 
@@ -68,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
+    logging.config.dictConfig(logging_config(settings.log_format, settings.log_level))
     try:
         return _run(args, settings)
     except (KafkaUnreachable, TopicPlanError) as exc:

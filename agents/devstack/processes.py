@@ -112,5 +112,6 @@ def worker_env(
         "RETURNSYNC_SESSION_TIMEOUT": "10",
         "RETURNSYNC_SYNC_BATCH_SECONDS": "0.2",
         "RETURNSYNC_DEV": "1",
+        "RETURNSYNC_LOG_FORMAT": "text",  # read by people (and the tests' log checks)
         **(extra or {}),
     }

@@ -237,7 +237,7 @@ class Delivery:
                 rejections.row_email(row) or "")
             key = write.customer_key if write is not None else ""
             log.warning("klaviyo import error job=%s customer=%s code=%s", job_id, customer_ref(key),
-                        (row.get("attributes") or {}).get("code"))
+                        (row.get("attributes") or {}).get("code"), extra={"customer": customer_ref(key)})
             metrics.DEADLETTERS.labels(Stage.SYNC.value, Reason.KLAVIYO_IMPORT_ERROR.value).inc()
             await self.dead_letters(key, rejections.import_error_record(row))
         if result.status == "cancelled":
@@ -299,7 +299,8 @@ class Delivery:
         errors: rejections.Errors | None = None,
     ) -> None:
         log.warning("klaviyo rejected status=%s customer=%s detail=%s",
-                    exc.status, customer_ref(customer_key), exc.detail)
+                    exc.status, customer_ref(customer_key), exc.detail,
+                    extra={"status": exc.status, "customer": customer_ref(customer_key)})
         metrics.DEADLETTERS.labels(Stage.SYNC.value, Reason.KLAVIYO_REJECTED.value).inc()
         await self.dead_letters(customer_key, rejections.rejected_record(exc, request, errors))
 

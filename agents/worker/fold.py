@@ -134,8 +134,10 @@ def register(runtime: Runtime) -> None:
             try:
                 await fold.process(item.message)
             except Exception as exc:  # a bug must dead-letter one event, not stop the worker
-                log.exception("state agent failed on offset=%s", item.message.offset)
-                await dead_letters.message(Stage.STATE, Reason.PROCESSING_ERROR, repr(exc), item.message)
+                message = item.message
+                log.exception("state agent failed on offset=%s", message.offset, extra={
+                    "topic": message.topic, "partition": message.partition, "offset": message.offset})
+                await dead_letters.message(Stage.STATE, Reason.PROCESSING_ERROR, repr(exc), message)
             runtime.progress.record(item.message)
 
     @app.timer(interval=15.0)  # type: ignore[untyped-decorator]

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from agents.kafka import KafkaConnection
+from agents.logs import logging_config
 from agents.offsets import runs_tansu
 from agents.settings import Settings
 from agents.topic_admin import ensure_plan
@@ -37,6 +38,8 @@ def run_worker(settings: Settings, kafka: KafkaConnection) -> None:
     runtime = build_app(settings, kafka, broker_is_tansu=tansu)
     from faust.worker import Worker
 
-    worker = Worker(runtime.app, loglevel=settings.log_level.upper(), quiet=True)
+    # Faust installs its own logging unless handed a config: ours keeps one format for the process.
+    worker = Worker(runtime.app, loglevel=settings.log_level.upper(), quiet=True,
+                    logging_config=logging_config(settings.log_format, settings.log_level))
     log.info("worker starting app_id=%s settings=%r", settings.app_id, settings)
     worker.execute_from_commandline()
