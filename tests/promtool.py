@@ -79,6 +79,21 @@ def dashboard_expressions() -> list[Expression]:
     return found
 
 
+SCOPE = 'job="$job", instance=~"$instance"'
+"""The matchers every dashboard selector carries: the job and instance the dashboard's variables pick."""
+
+
+def for_prometheus(expr: str, rate_interval: str = "1m", time_range: str = "1h") -> str:
+    """A dashboard query as Grafana sends it with the defaults: job returnsync, every instance."""
+    return (expr.replace("$__rate_interval", rate_interval).replace("$__range", time_range)
+            .replace("$job", "returnsync").replace("$instance", ".*"))
+
+
+def unscoped(expr: str) -> str:
+    """The query without the dashboard's job/instance matchers: what it computes."""
+    return expr.replace("{" + SCOPE + "}", "").replace("{" + SCOPE + ", ", "{")
+
+
 def alert_rules() -> list[dict[str, object]]:
     groups = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]

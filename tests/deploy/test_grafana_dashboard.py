@@ -1,5 +1,6 @@
-"""grafana/dashboards/returns-sync-health.json: valid, laid out, wired to the provisioned
-datasource, and charting only metrics agents/metrics.py exports (plus `up`)."""
+"""grafana/dashboards/returns-sync-health.json: valid, laid out, portable (a data source, job and
+instance picked by variables, no hard-coded uid), and charting only metrics agents/metrics.py
+exports (plus `up` and the process metrics)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ if str(REPO) not in sys.path:  # `tests` is a folder of the repo, not an install
     sys.path.insert(0, str(REPO))
 
 from tests.promtool import (  # noqa: E402
+    SCOPE,
     catalogue_metric_names,
     dashboard_expressions,
     metric_names_in,
     panels,
+    unscoped,
 )
 
 DASHBOARD_PATH = REPO / "grafana" / "dashboards" / "returns-sync-health.json"
@@ -52,17 +55,40 @@ def test_panels_fit_the_grid_without_overlapping():
                 taken[(x, y)] = panel["title"]
 
 
-def test_every_query_uses_the_provisioned_datasource():
-    provisioned = yaml.safe_load(
-        (REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
-    )["datasources"]
-    (uid,) = [source["uid"] for source in provisioned]
+def variable(name: str) -> dict:
+    (found,) = [v for v in DASHBOARD["templating"]["list"] if v["name"] == name]
+    return found
+
+
+def test_the_data_source_job_and_instance_are_variables_not_hard_coded():
+    assert variable("datasource")["type"] == "datasource" and variable("datasource")["query"] == "prometheus"
+    assert variable("job")["query"]["query"] == "label_values(up, job)"
+    assert variable("job")["current"]["value"] == "returnsync"  # the job name docs and compose use
+    instance = variable("instance")
+    assert instance["multi"] and instance["includeAll"] and instance["allValue"] == ".*"
+    assert "$job" in instance["query"]["query"]
     for panel in CHARTS:
-        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         assert panel["targets"], f"{panel['title']!r} has no query"
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == uid, panel["title"]
-    assert "${" not in json.dumps(DASHBOARD["templating"]), "no datasource variable: the uid is provisioned"
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+    provisioned = (REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    (uid,) = [source["uid"] for source in yaml.safe_load(provisioned)["datasources"]]
+    assert uid not in json.dumps(DASHBOARD), "the provisioned uid is not baked into the dashboard"
+
+
+def test_every_selector_is_scoped_to_the_chosen_job_and_instances():
+    for expression in EXPRESSIONS:
+        selectors = re.findall(r"\b(?:returnsync_\w+|up|process_\w+)\b(?!\s*\()(\{[^}]*\})?", expression.expr)
+        assert selectors, expression.where
+        assert all(selector.startswith("{" + SCOPE) for selector in selectors), expression.where
+
+
+def test_rate_panels_have_a_per_second_unit():
+    for panel in CHARTS:
+        queries = " ".join(target["expr"] for target in panel["targets"])
+        if "rate(" in queries and "histogram_quantile" not in queries and panel["type"] == "timeseries":
+            assert panel["fieldConfig"]["defaults"]["unit"] in ("ops", "reqps", "percentunit"), panel["title"]
 
 
 def test_metric_name_parser():
@@ -95,10 +121,11 @@ def test_expression_references_only_catalogue_metrics(expression):
     assert names <= KNOWN, f"{expression.where}: not in agents/metrics.py: {sorted(names - KNOWN)}"
 
 
-def test_rates_use_grafana_rate_interval():
+def test_rates_use_grafana_rate_interval_and_totals_the_dashboard_range():
     for expression in EXPRESSIONS:
-        for window in re.findall(r"\[([^\]]*)\]", expression.expr):
-            assert window == "$__rate_interval", f"{expression.where}: [{window}]"
+        for function, window in re.findall(r"(\w+)\([^()\[]*\[([^\]]*)\]", expression.expr):
+            wanted = "$__range" if function == "increase" else "$__rate_interval"
+            assert window == wanted, f"{expression.where}: {function}[{window}]"
 
 
 def test_every_returnsync_metric_has_a_panel():
@@ -118,7 +145,8 @@ def panel(title: str) -> dict:
 
 
 def exprs(title: str) -> list[str]:
-    return [" ".join(target["expr"].split()) for target in panel(title)["targets"]]
+    """The panel's queries without the job/instance matchers every one carries."""
+    return [unscoped(" ".join(target["expr"].split())) for target in panel(title)["targets"]]
 
 
 def test_sync_latency_shows_p50_p95_p99_by_since():
@@ -131,7 +159,7 @@ def test_sync_latency_shows_p50_p95_p99_by_since():
     assert panel("Sync latency")["fieldConfig"]["defaults"]["unit"] == "s"
 
 
-def test_ingested_versus_delivered_gap_rate_and_cumulative():
+def test_ingested_versus_delivered_gap_rate_and_over_the_range():
     ingested = "sum(rate(returnsync_events_ingested_total[$__rate_interval]))"
     delivered = "sum(rate(returnsync_events_delivered_total[$__rate_interval]))"
     assert exprs("Ingested versus delivered") == [
@@ -139,8 +167,10 @@ def test_ingested_versus_delivered_gap_rate_and_cumulative():
         delivered,
         f"{ingested} - ({delivered} or vector(0))",
     ]
-    assert exprs("Cumulative gap (ingested - delivered)") == [
-        "sum(returnsync_events_ingested_total) - (sum(returnsync_events_delivered_total) or vector(0))"
+    # Counters restart at 0 with a worker: a difference of raw totals would jump, increase() does not.
+    assert exprs("Gap over the time range (ingested - delivered)") == [
+        "sum(increase(returnsync_events_ingested_total[$__range])) - "
+        "(sum(increase(returnsync_events_delivered_total[$__range])) or vector(0))"
     ]
 
 

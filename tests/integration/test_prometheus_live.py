@@ -41,6 +41,7 @@ from tests.promtool import (
     PrometheusUnavailable,
     alert_rules,
     dashboard_expressions,
+    for_prometheus,
     metric_names_in,
     prometheus_binaries,
 )
@@ -183,7 +184,7 @@ def comparison_sides(expr: str) -> tuple[str, str, str]:
 
 def queries() -> list[Expression]:
     """Every dashboard target, and both sides of every alert that select a metric."""
-    found = [Expression(e.where, e.expr.replace("$__rate_interval", RATE_INTERVAL))
+    found = [Expression(e.where, for_prometheus(e.expr, RATE_INTERVAL))
              for e in dashboard_expressions()]
     for rule in alert_rules():
         query, _, threshold = comparison_sides(" ".join(str(rule["expr"]).split()))

@@ -24,6 +24,7 @@ from tests.promtool import (  # noqa: E402
     alert_rules,
     catalogue_metric_names,
     dashboard_expressions,
+    for_prometheus,
     metric_names_in,
     prometheus_binaries,
     run_promtool,
@@ -106,7 +107,7 @@ def test_dashboard_queries_are_valid_promql(promtool, tmp_path):
     expressions = dashboard_expressions()
     assert expressions
     rules = [
-        {"record": f"dashboard:query_{n}", "expr": e.expr.replace("$__rate_interval", "1m")}
+        {"record": f"dashboard:query_{n}", "expr": for_prometheus(e.expr)}
         for n, e in enumerate(expressions)
     ]
     path = tmp_path / "dashboard_rules.yml"
