@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-FIELDS = ("customer", "tenant", "topic", "partition", "offset", "stage", "reason", "status", "account")
+FIELDS = ("customer", "tenant", "topic", "partition", "offset", "stage", "reason", "status")
 """Structured fields a record may carry (`log.warning(..., extra={"customer": customer_ref(key)})`)."""
 
 TEXT_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"

@@ -12,7 +12,6 @@ import random
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -20,7 +19,7 @@ from agents import metrics
 from agents.commands.scan import Selection, open_consumer, rate_limited, scan, share
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.client import KlaviyoError
-from agents.klaviyo.reconcile import FloorsUnreadable, compare, read_floors, repair
+from agents.klaviyo.reconcile import Drift, FloorsUnreadable, Repair, compare, read_floors, repair
 from agents.klaviyo.versions import MemoryVersions
 from agents.settings import Settings
 from agents.topic_plan import versions_topic
@@ -36,7 +35,7 @@ class Output:
     def from_args(cls, args: argparse.Namespace) -> Output:
         return cls(json=args.json, show_customers=args.show_customers)
 
-    def emit(self, drift: Any, repaired: Any = None) -> None:
+    def emit(self, drift: Drift, repaired: Repair | None = None) -> None:
         if not self.json:
             print(drift.report(show_customers=self.show_customers))
             if repaired is not None:

@@ -4,16 +4,14 @@ customer's email is in any of them."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 
 import orjson
 
 from streams.demo import demo_events
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import SANDBOX_KEY, SandboxThread, expected_klaviyo, wait_until
+from tests.integration.harness import SandboxThread, expected_klaviyo, wait_until
+from tests.integration.test_replay import cli_env, returnsync
 
 
 def json_lines(text: str) -> list[dict[str, object]]:
@@ -46,13 +44,8 @@ def test_a_worker_and_a_command_log_json_lines_without_emails(
     written = worker.log_file.read_text()
     assert not [email for email in emails if email in written]
 
-    command = subprocess.run(
-        [sys.executable, "-m", "agents.commands.cli", "replay", "--from-beginning", "--dry-run"],
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers, "KLAVIYO_BASE_URL": sandbox.url,
-             "KLAVIYO_API_KEY": SANDBOX_KEY, "RETURNSYNC_APP_ID": f"{prefix}returnsync",
-             "RETURNSYNC_TOPIC_PREFIX": prefix, "RETURNSYNC_LOG_FORMAT": "json"},
-        capture_output=True, text=True, timeout=120, check=False,
-    )
+    command = returnsync(["replay", "--from-beginning", "--dry-run"],
+                         {**cli_env(bootstrap_servers, sandbox, prefix), "RETURNSYNC_LOG_FORMAT": "json"})
     assert command.returncode == 0, command.stdout + command.stderr[-2000:]
     logged = [line for line in command.stderr.splitlines() if line.startswith("{")]
     assert logged and all(orjson.loads(line)["level"] for line in logged)
