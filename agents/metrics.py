@@ -194,6 +194,7 @@ HELD_SOURCES = ("shopify",)
 """Platforms whose events can wait for the customer to be known (Shopify returns before orders)."""
 
 DEADLETTER_REASONS: dict[Stage, tuple[Reason, ...]] = {
+    Stage.WEBHOOK: (Reason.NO_SECRET, Reason.BAD_SIGNATURE),
     Stage.NORMALIZE: (
         Reason.BAD_ENVELOPE, Reason.NOT_JSON, Reason.NOT_AN_OBJECT, Reason.MISSING_FIELD,
         Reason.INVALID_FIELD, Reason.UNSUPPORTED_PAYLOAD, Reason.UNKNOWN_SOURCE, Reason.PROCESSING_ERROR,

@@ -70,6 +70,9 @@ class Settings:
     events_api_token: str | None = field(default=None, repr=False)
     webhook_max_bytes: int = 1024 * 1024
     webhook_ack_timeout: float = 10.0
+    keep_refused_webhooks: bool = True
+    """Webhooks refused for a missing secret or a bad signature are also kept (dead-letter topic,
+    stage webhook), so `returnsync deadletters redrive` can verify them once the secret is right."""
     shopify_hold_per_order: int = 50
     shopify_hold_max: int = 10_000
     log_level: str = "info"
@@ -182,6 +185,7 @@ class Settings:
                 "RETURNSYNC_WEBHOOK_MAX_BYTES", defaults.webhook_max_bytes, int, 1024, 64 * 1024 * 1024
             ),
             webhook_ack_timeout=reader.number("RETURNSYNC_WEBHOOK_ACK_TIMEOUT", 10.0, float, 0.1, 300.0),
+            keep_refused_webhooks=reader.flag("RETURNSYNC_KEEP_REFUSED_WEBHOOKS", True),
             shopify_hold_per_order=reader.number("RETURNSYNC_SHOPIFY_HOLD_PER_ORDER", 50, int, 1, 10_000),
             shopify_hold_max=reader.number("RETURNSYNC_SHOPIFY_HOLD_MAX", 10_000, int, 1, 10_000_000),
             log_level=reader.choice(

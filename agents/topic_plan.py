@@ -65,6 +65,11 @@ def versions_topic(settings: Settings) -> str:
     return f"{sync_topic(settings)}-versions"
 
 
+def redrives_topic(settings: Settings) -> str:
+    """What `returnsync deadletters redrive` re-drove, keyed by dead letter (commands/deadletters.py)."""
+    return f"{settings.app_id}-deadletter-redrives"
+
+
 def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
 
@@ -92,6 +97,8 @@ def topic_plan(settings: Settings) -> list[TopicSpec]:
         spec(topics.raw, Role.SOURCE, source_configs(settings)),
         spec(topics.events, Role.SOURCE, source_configs(settings)),
         spec(topics.deadletter, Role.DEADLETTER,
+             {"cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS)}),
+        spec(redrives_topic(settings), Role.DEADLETTER,
              {"cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS)}),
         spec(rekey_topic(settings), Role.TRANSIENT, transient),
         spec(shopify_join_topic(settings), Role.TRANSIENT, transient),

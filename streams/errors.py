@@ -20,11 +20,17 @@ class Reason(StrEnum):
     KLAVIYO_IMPORT_ERROR = "klaviyo_import_error"
     PROCESSING_ERROR = "processing_error"
     """A bug met this input. The record is kept so it can be replayed once fixed."""
+    NO_SECRET = "no_secret"  # noqa: S105 - a reason name, not a password
+    """A webhook refused (403) because its source has no secret configured: kept, unverified."""
+    BAD_SIGNATURE = "bad_signature"
+    """A webhook refused (401) because its signature did not match: kept, unverified."""
 
 
 class Stage(StrEnum):
     """Where in the pipeline a record was refused."""
 
+    WEBHOOK = "webhook"
+    """Refused at the HTTP edge, kept so a fixed secret can re-drive it (never processed unverified)."""
     NORMALIZE = "normalize"
     STATE = "state"
     SYNC = "sync"

@@ -43,6 +43,46 @@ def verify(
     return scheme(lowered, body, secret.encode("utf-8"), swap_header.lower())
 
 
+def proof(
+    source: str, headers: Mapping[str, str], *, swap_header: str = DEFAULT_SWAP_HEADER
+) -> dict[str, str]:
+    """What a refused delivery presented, kept so it can be verified once the right secret is
+    configured: the HMAC headers as sent (a MAC of the stored body; they reveal no secret), and
+    of Redo's bearer token (which *is* the secret) only a SHA-256 digest."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    if source == "redo":
+        scheme, _, token = lowered.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return {}
+        return {"authorization": _DIGEST + _digest(token.encode("utf-8", "surrogatepass"))}
+    names = _PROOF_HEADERS.get(source, ()) + ((swap_header.lower(),) if source == "swap" else ())
+    return {name: lowered[name] for name in names if name in lowered}
+
+
+def verify_proof(
+    source: str, kept: Mapping[str, str], body: bytes, secret: str, *, swap_header: str = DEFAULT_SWAP_HEADER
+) -> bool:
+    """`verify` for a delivery kept with `proof`: True when `secret` signs it."""
+    if source != "redo":
+        return verify(source, kept, body, secret, swap_header=swap_header)
+    presented = kept.get("authorization", "")
+    expected = _DIGEST + _digest(secret.encode("utf-8"))
+    return bool(secret) and hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def _digest(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()
+
+
+_DIGEST = "sha256:"
+_PROOF_HEADERS: dict[str, tuple[str, ...]] = {
+    "loop": ("x-loop-signature",),
+    "shopify": ("x-shopify-hmac-sha256",),
+    "aftership": ("as-signature-hmac-sha256", "am-webhook-signature"),
+    "swap": (),
+}
+
+
 def sign(source: str, body: bytes, secret: str, *, swap_header: str = DEFAULT_SWAP_HEADER) -> dict[str, str]:
     """Headers a platform would send with `body`: for tests, the demo and benchmarks."""
     key = secret.encode("utf-8")

@@ -1,4 +1,4 @@
-"""`returnsync` command line: worker, dev, sandbox, publish, replay, reconcile, topics."""
+"""`returnsync` command line: worker, dev, sandbox, publish, replay, reconcile, topics, deadletters."""
 
 from __future__ import annotations
 
@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     topics.add_argument("--create", action="store_true", help="create missing topics as planned, then check")
     topics.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from agents.commands import reconcile, replay
+    from agents.commands import deadletters, reconcile, replay
 
+    deadletters.add_arguments(commands.add_parser(
+        "deadletters", help="list, show and re-drive returns.deadletter"))
     replay.add_arguments(commands.add_parser("replay", help="rebuild Klaviyo from returns.events"))
     reconcile.add_arguments(commands.add_parser("reconcile", help="compare a sample with Klaviyo"))
 
@@ -96,7 +98,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         key = settings.klaviyo_api_key or DEFAULT_SANDBOX_KEY
         serve(args.host, args.port, {key: "default"}, args.rate_limit_scale)
         return 0
-    if args.command in ("publish", "replay", "reconcile"):
+    if args.command in ("publish", "replay", "reconcile", "deadletters"):
         if not settings.kafka_bootstrap_servers:
             print(f"KAFKA_BOOTSTRAP_SERVERS is required for {args.command}", file=sys.stderr)
             return 2
@@ -106,10 +108,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from agents.commands.backfill import publish_file
 
         return asyncio.run(publish_file(settings, args.file, args.source, args.header))
-    if args.command in ("replay", "reconcile"):
-        from agents.commands import reconcile, replay
+    if args.command in ("replay", "reconcile", "deadletters"):
+        from agents.commands import deadletters, reconcile, replay
 
-        run = replay.run_replay if args.command == "replay" else reconcile.run_reconcile
+        run = {"replay": replay.run_replay, "reconcile": reconcile.run_reconcile,
+               "deadletters": deadletters.run}[args.command]
         return asyncio.run(run(settings, args))
     return 2  # pragma: no cover - argparse enforces the choices
 

@@ -8,9 +8,10 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -82,39 +83,49 @@ async def open_consumer(settings: Settings, group_id: str | None) -> AIOKafkaCon
 async def scan(consumer: AIOKafkaConsumer, topic: str, selection: Selection, *,
                progress: bool = True, resume: bool = False) -> Scan:
     """Reduce the topic from its beginning to the ends captured now; select what to send."""
+    result = Scan()
+    async for message in read_to_end(consumer, topic, result.ends, progress=progress):
+        _reduce(result, selection, message.partition, message)
+    if resume:
+        for tp in result.ends:
+            result.committed[tp.partition] = await consumer.committed(tp) or 0
+    return result
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, topic: str, ends: dict[TopicPartition, int], *,
+                      starts: Mapping[int, int] | None = None, progress: bool = False) -> AsyncIterator[Any]:
+    """Every record of `topic` from its beginning (or `starts`, per partition) to the ends captured
+    now, which are left in `ends`; records written meanwhile are not read."""
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         await consumer.topics()  # refreshes metadata
         partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-    result = Scan()
     if not tps:
-        return result
+        return
     consumer.assign(tps)
     listed = await consumer.end_offsets(tps)
-    starts = await consumer.beginning_offsets(tps)
-    if resume:
-        for tp in tps:
-            result.committed[tp.partition] = await consumer.committed(tp) or 0
+    beginnings = await consumer.beginning_offsets(tps)
     await consumer.seek_to_beginning(*tps)
+    for tp in tps:
+        if starts and tp.partition in starts:
+            consumer.seek(tp, max(starts[tp.partition], beginnings[tp]))
     started, done = time.monotonic(), 0
     remaining = list(tps)
     while remaining:
         batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
-        capture_ends(consumer, tps, listed, result.ends, give_up=time.monotonic() - started > 30)
+        capture_ends(consumer, tps, listed, ends, give_up=time.monotonic() - started > 30)
         for tp, messages in batches.items():
             for message in messages:
-                if tp in result.ends and message.offset < result.ends[tp]:
-                    _reduce(result, selection, tp.partition, message)
+                if tp in ends and message.offset < ends[tp]:
+                    yield message
                     done += 1
-        remaining = [tp for tp in remaining
-                     if tp not in result.ends or await consumer.position(tp) < result.ends[tp]]
-        total = sum(result.ends.get(tp, listed[tp]) - starts[tp] for tp in tps)
+        remaining = [tp for tp in remaining if tp not in ends or await consumer.position(tp) < ends[tp]]
+        total = sum(ends.get(tp, listed[tp]) - beginnings[tp] for tp in tps)
         if progress and total:
             progress_bar(done, total, started)
     if progress and done:
         sys.stderr.write("  (scanned)\n")
-    return result
 
 
 def _reduce(result: Scan, selection: Selection, partition: int, message: object) -> None:

@@ -2,11 +2,16 @@
 
 `POST /webhooks/{loop,redo,swap,shopify,aftership}`, checked in this order:
 
-- unknown source: 404. No secret configured for the source: 403, unless the local dev stack
-  runs (RETURNSYNC_DEV=1), which accepts unsigned deliveries (a configured secret is still checked).
+- unknown source: 404.
 - Content-Length over `webhook_max_bytes` (1 MiB): 413 before reading; a body without a length
   is read up to the limit plus one byte, never further, and refused 413 the same way.
+- No secret configured for the source: 403, unless the local dev stack runs (RETURNSYNC_DEV=1),
+  which accepts unsigned deliveries (a configured secret is still checked).
 - signature (`streams.signatures.verify`, on the bytes exactly as read): 401 when it fails.
+- A 403 or 401 delivery whose headers and JSON body are usable is also kept in the dead-letter
+  topic (stage `webhook`, with `streams.signatures.proof`: HMAC headers, a digest of a bearer
+  token), unless RETURNSYNC_KEEP_REFUSED_WEBHOOKS=false. A platform gives up after its retries;
+  once the secret is fixed, `returnsync deadletters redrive` verifies and re-drives what it sent.
 - headers over 32 KiB in all: 431 (they are not signed, so a replay could pad them). A kept
   header that is not UTF-8 text, or an `X-Returnsync-Tenant` that breaks the canonical tenant
   rule: 400. Body not JSON (a parse check only; the adapters judge the shape): 400.
@@ -41,15 +46,16 @@ import orjson
 from faust.web import View
 
 from agents import metrics
+from agents.deadletters import DeadLetters
 from agents.settings import SOURCES_WITH_SECRETS, Settings
 from agents.worker.runtime import Runtime
 from streams.adapters.common import TENANT_HEADER
 from streams.codec import encode_event
-from streams.errors import RejectedInput
+from streams.errors import Reason, RejectedInput, Stage
 from streams.events import TENANT_PATTERN as TENANT_RULE
 from streams.events import ReturnEvent, event_from_dict
 from streams.raw import RawWebhook, encode_raw, raw_key
-from streams.signatures import verify
+from streams.signatures import proof, verify
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +130,27 @@ def receive_webhook(
     return raw, raw_key(source, parsed)
 
 
+KEPT_REFUSALS = {"no_secret": Reason.NO_SECRET, "bad_signature": Reason.BAD_SIGNATURE}
+"""Refusals whose webhook is kept: a configuration fix (the secret) can make them good."""
+
+
+def refused_delivery(
+    settings: Settings, source: str, headers: Mapping[str, str], body: bytes
+) -> tuple[bytes | None, bytes] | None:
+    """The kept form of a refused delivery, (key, envelope with its signature proof), or None
+    when it would be refused anyway (headers or body unusable)."""
+    try:
+        kept = kept_headers(headers)
+        parsed = orjson.loads(body)
+    except (Refused, orjson.JSONDecodeError):
+        return None
+    raw = RawWebhook.received(source, kept, body, datetime.now(UTC), strip=(settings.swap_signature_header,))
+    envelope = orjson.loads(encode_raw(raw))
+    envelope["proof"] = proof(source, headers, swap_header=settings.swap_signature_header)
+    key = raw_key(source, parsed)
+    return (key.encode() if key else None), orjson.dumps(envelope)
+
+
 def parse_events(body: bytes) -> list[ReturnEvent]:
     """One event or a list; raises `Refused` naming every invalid item (all or nothing)."""
     try:
@@ -184,6 +211,21 @@ def register(runtime: Runtime) -> None:
         metrics.WEBHOOK_ACK_SECONDS.labels(source).observe(time.monotonic() - started)
         return None
 
+    kept = DeadLetters(lambda key, record: acknowledged(
+        runtime.deadletter, [(key, record)], settings.webhook_ack_timeout))
+
+    async def keep_refused(source: str, headers: Mapping[str, str], body: bytes, refusal: Refused) -> None:
+        """Still refused (the platform is told so and retries); kept unverified in the dead-letter
+        topic, never processed until `deadletters redrive` verifies it with the configured secret."""
+        record = refused_delivery(settings, source, headers, body)
+        if record is None:
+            return
+        try:
+            await kept.write(Stage.WEBHOOK, KEPT_REFUSALS[refusal.result], refusal.message, record[1],
+                             key=record[0], origin={"source": source})
+        except Exception as exc:  # the answer stays the refusal; the platform's retry keeps it
+            log.warning("refused webhook not kept source=%s error=%s", source, type(exc).__name__)
+
     @app.page("/webhooks/{source}")
     class WebhookView(View):
         async def post(self, request: Any, source: str) -> Any:
@@ -192,13 +234,16 @@ def register(runtime: Runtime) -> None:
                 metrics.WEBHOOKS_RECEIVED.labels("unknown", "unknown_source").inc()
                 return self.json({"error": f"unknown source; one of {', '.join(SOURCES_WITH_SECRETS)}"},
                                  status=404)
+            body = None
             try:
+                body = await read_body(request, settings.webhook_max_bytes)
                 if source not in settings.webhook_secrets and not settings.dev_stack:
                     raise Refused(403, "no_secret", f"{source} webhooks are refused: "
                                   f"{source.upper()}_WEBHOOK_SECRET is not configured")
-                body = await read_body(request, settings.webhook_max_bytes)
                 raw, key = receive_webhook(settings, source, request.headers, body)
             except Refused as refusal:
+                if body is not None and refusal.result in KEPT_REFUSALS and settings.keep_refused_webhooks:
+                    await keep_refused(source, request.headers, body, refusal)
                 return refused(self, source, refusal)
             record = (key.encode() if key else None, encode_raw(raw))
             if (failed := await publish(self, source, runtime.raw, [record], started)) is not None:

@@ -27,7 +27,7 @@ def test_the_plan_names_every_topic_the_worker_reads_or_writes() -> None:
     assert set(by_name()) == {
         "shop1.returns.raw", "shop1.returns.events", "shop1.returns.deadletter",
         "rs-shop1.returns.events-customer_key-repartition", "rs-shop1.returns.raw-shopify_order-repartition",
-        "rs-klaviyo-sync", "rs-klaviyo-sync-versions",
+        "rs-klaviyo-sync", "rs-klaviyo-sync-versions", "rs-deadletter-redrives",
         "rs-customer_returns-changelog", "rs-shopify_order_customers-changelog", "rs-shopify_held-changelog",
         "rs-__assignor-__leader",
     }
