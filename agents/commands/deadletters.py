@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from agents.commands.scan import open_consumer, read_to_end
+from agents.commands.scan import open_consumer, read_to_end, utc_time
 from agents.kafka import KafkaConnection
 from agents.offsets import fetched_ends
 from agents.settings import Settings
@@ -367,16 +367,6 @@ def _short(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _since(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not an RFC 3339 time") from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r}: needs a UTC offset (e.g. Z)")
-    return value.astimezone(UTC)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="counts by stage and reason, then entries")
@@ -385,7 +375,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for sub in (listing, again):
         sub.add_argument("--stage", choices=[stage.value for stage in Stage])
         sub.add_argument("--reason", help="e.g. no_secret, processing_error, klaviyo_rejected")
-        sub.add_argument("--since", type=_since, help="dead-lettered at or after (RFC 3339)")
+        sub.add_argument("--since", type=utc_time, help="dead-lettered at or after (RFC 3339)")
     for sub in (listing, show, again):
         sub.add_argument("--show-customers", action="store_true", help="customer keys and emails in clear")
     listing.add_argument("--json", action="store_true", help="one JSON document")

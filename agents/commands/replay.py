@@ -23,13 +23,12 @@ import logging
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.commands.publish import progress_bar
 from agents.commands.reconcile import Output, add_output_arguments, dry_run
-from agents.commands.scan import ALL, Scan, Selection, open_consumer, rate_limited, scan, share
+from agents.commands.scan import ALL, Scan, Selection, open_consumer, rate_limited, scan, share, utc_time
 from agents.deadletters import DeadLetters
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.delivery import Delivery
@@ -139,13 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _rfc3339(text: str) -> int:
     """An RFC 3339 time as epoch milliseconds, the unit of Kafka record timestamps."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not an RFC 3339 time") from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r}: needs a UTC offset (e.g. Z)")
-    return int(value.timestamp() * 1000)
+    return int(utc_time(text).timestamp() * 1000)
 
 
 def _offsets(text: str) -> dict[int, int]:

@@ -150,6 +150,17 @@ def rate_limited(settings: Settings, share: float) -> Settings:
     return settings.with_overrides(klaviyo_rate_limit_scale=settings.klaviyo_rate_limit_scale * share)
 
 
+def utc_time(text: str) -> datetime:
+    """An RFC 3339 command-line time, which must say its offset; in UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not an RFC 3339 time") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: needs a UTC offset (e.g. Z)")
+    return value.astimezone(UTC)
+
+
 def share(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:

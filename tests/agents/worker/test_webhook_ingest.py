@@ -19,6 +19,7 @@ from agents.worker.webhooks import (
     parse_events,
     read_body,
     receive_webhook,
+    refused_delivery,
 )
 from streams.adapters import normalize
 from streams.events import Customer
@@ -98,6 +99,24 @@ def test_receive_webhook_verifies_strips_secrets_and_keys_by_return() -> None:
     with pytest.raises(Refused) as not_json:
         receive_webhook(settings, "redo", {}, b"{nope")
     assert (not_json.value.status, not_json.value.result) == (400, "not_json")
+
+
+def test_a_refused_delivery_is_kept_with_its_proof_and_never_a_secret() -> None:
+    settings = Settings(webhook_secrets={}, swap_signature_header="X-Swap-Sig")
+    body = fixture_body("redo", "return_created")
+    headers = {"Authorization": "Bearer redo-s3cret", "X-Redo-Topic": "t"}
+    kept = refused_delivery(settings, "redo", headers, body)
+    assert kept is not None
+    key, value = kept
+    envelope = orjson.loads(value)
+    assert key is not None and key.startswith(b"redo:")
+    assert envelope["headers"] == {"x-redo-topic": "t"} and envelope["body"].encode() == body
+    assert envelope["proof"]["authorization"].startswith("sha256:") and b"redo-s3cret" not in value
+    swap = refused_delivery(settings, "swap", sign("swap", b"{}", "sw", swap_header="X-Swap-Sig"), b"{}")
+    assert swap is not None and set(orjson.loads(swap[1])["proof"]) == {"x-swap-sig"}
+    assert not orjson.loads(swap[1])["headers"], "the signature is in the proof only"
+    assert refused_delivery(settings, "loop", {}, b"{nope") is None, "what is refused anyway is not kept"
+    assert refused_delivery(settings, "loop", {"X-Loop-Topic": "x" * 40_000}, b"{}") is None
 
 
 def test_parse_events_is_all_or_nothing_and_names_every_rejected_item() -> None:
