@@ -1,5 +1,5 @@
-"""Workarounds for two recovery bugs that lose or stale state on a restart: Faust's (always
-applied) and the embedded Tansu broker's (applied only on Tansu).
+"""Workarounds for recovery bugs that lose or stale state on a restart: Faust's (always applied)
+and the embedded Tansu broker's (applied only on Tansu).
 
 Each is applied to the one app a worker runs and says which upstream problem it answers; remove
 it when Faust or the broker fixes the cause. Both were seen here as a restarted worker skipping
@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer
 
 from agents.kafka import KafkaConnection
 from agents.offsets import fetched_ends
@@ -22,6 +23,7 @@ def apply(app: faust.App, tansu: KafkaConnection | None) -> None:
     """`tansu`: the connection, when the cluster is Tansu (agents/devstack/broker.py: runs_tansu); on
     Kafka its workaround would only cost an extra consumer and up to 10 s per recovery."""
     keep_events_fetched_before_recovery_ends(app)
+    start_uncommitted_partitions_from_their_beginning()
     if tansu is not None:
         recover_changelogs_to_their_true_end(tansu)
 
@@ -46,6 +48,37 @@ def keep_events_fetched_before_recovery_ends(app: faust.App) -> None:
             resume()
 
     flow_control.resume = resume_keeping_buffers  # type: ignore[method-assign]  # this instance only
+
+
+def start_uncommitted_partitions_from_their_beginning() -> None:
+    """A stream partition nobody has committed yet is read from offset 0, whatever the consumer
+    was positioned at when the partition arrived.
+
+    Seen here (tests/integration/deployment_tier.py): a worker killed before its first commit on
+    a partition left it uncommitted; the worker that took it over started at the partition's
+    end as it was then, not at its beginning (`auto_offset_reset` is earliest), and Faust's gap
+    tracking then committed over the skipped events: 40 events never folded, never delivered.
+    After Faust's own seek to the committed offsets, each such partition is sought to 0 (below
+    the log start, the consumer resets to the earliest offset) and what Faust already counted as
+    acknowledged there is forgotten, so no commit can pass events not folded yet. Events read
+    twice meanwhile are duplicates the reducer ignores.
+    """
+    if getattr(Consumer.perform_seek, "starts_uncommitted", False):
+        return
+    seek = Consumer.perform_seek
+
+    async def perform_seek(self: Consumer) -> None:
+        await seek(self)
+        changelogs = self.app.tables.changelog_topics
+        for tp in self.assignment():
+            if tp.topic in changelogs or self._committed_offset.get(tp) is not None:
+                continue
+            await self.seek(tp, 0)
+            for tracked in (self._acked, self._acked_index, self._gap):
+                tracked.pop(tp, None)
+
+    perform_seek.starts_uncommitted = True  # type: ignore[attr-defined]
+    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
 
 def recover_changelogs_to_their_true_end(kafka: KafkaConnection) -> None:
