@@ -22,6 +22,7 @@ from agents.settings import Settings
 from agents.worker.app import build_app
 from agents.worker.runtime import Runtime
 from agents.worker.views import openapi_document
+from streams.events import event_from_dict
 
 REPO = Path(__file__).resolve().parents[3]
 FAUST_BUILTINS = "faust.web.apps."
@@ -109,3 +110,11 @@ def test_the_document_is_package_data_so_every_install_has_it() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "openapi.json" in config["package-data"]["agents.worker"]
     assert any("agents" in pattern for pattern in config["packages"]["find"]["include"])
+
+
+def test_the_documented_event_examples_are_events_the_worker_accepts() -> None:
+    content = document()["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]
+    bodies = [example["value"] for example in content["examples"].values()]
+    items = [item for body in bodies for item in (body if isinstance(body, list) else [body])]
+    assert len(items) >= 2 and any(isinstance(body, list) for body in bodies)
+    assert [event_from_dict(item).event_id for item in items] == [item["event_id"] for item in items]
