@@ -151,7 +151,8 @@ async def run_list(settings: Settings, args: argparse.Namespace) -> int:
         origin = ":".join(str(row["origin"][name]) for name in ("topic", "partition", "offset")
                           if name in row["origin"]) or row["origin"].get("source", "-")
         mark = " [re-driven]" if row["redriven"] else ""
-        print(f"{row['ref']:<10} {row['at'] or '-':<20} {row['stage']:<10} {row['reason']:<20} "
+        at = f"{row['at'][:19]}Z" if row["at"] else "-"  # to the second: the JSON has it whole
+        print(f"{row['ref']:<10} {at:<20} {row['stage']:<10} {row['reason']:<20} "
               f"{origin:<28} {row['key']:<24} {_short(row['error'])}{mark}")
     if len(chosen) > len(shown):
         print(f"({len(chosen) - len(shown)} older entries not shown; --limit to see more)")
