@@ -40,6 +40,11 @@ def build_app(settings: Settings, kafka: KafkaConnection, *, broker_is_tansu: bo
         producer_acks=-1,
         producer_max_request_size=settings.max_record_bytes,
         web_enabled=True,
+        # Faust's own /table pages answer without the customers token: /table/<table>/<key> served a
+        # customer's whole state to anyone. /router/ (which worker owns which partition) stays.
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
         web_bind=settings.web_host,
         web_port=settings.web_port,
         # What the other workers dial when they route a request for a key this worker owns.

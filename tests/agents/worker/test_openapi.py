@@ -26,7 +26,7 @@ from streams.events import event_from_dict
 
 REPO = Path(__file__).resolve().parents[3]
 FAUST_BUILTINS = "faust.web.apps."
-"""Faust's own introspection blueprints (/, /router/..., /table/...): Faust's, not the contract's."""
+"""Faust's own introspection blueprints (/, /router/...): Faust's, not the contract's."""
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -85,6 +85,10 @@ def test_every_route_the_worker_registers_is_documented_and_every_documented_one
     others = {route: module for route, module in routes.items() if route not in ours}
     assert all(module.startswith(FAUST_BUILTINS) for module in others.values()), (
         f"routes neither returnsync's (documented) nor Faust's own: {others}")
+    # Faust's /table/<table>/<key> served a customer's state without the customers token: only
+    # its index page and /router/ (which worker owns which partition, no customer data) may stay.
+    left = {path for _, path in others if path != "/" and not path.startswith("/router/")}
+    assert not left, f"Faust introspection routes left on: {sorted(left)}"
 
 
 def test_every_documented_answer_of_the_webhook_and_events_edge_is_there() -> None:
