@@ -105,9 +105,10 @@ class KlaviyoClient:
     async def create_event(self, body: dict[str, Any]) -> None:
         await self.send("events", "POST", "/api/events", body)
 
-    async def bulk_import_profiles(self, body: dict[str, Any]) -> str:
-        """Returns the job id to poll."""
-        response = await self.send("profile-bulk-import-jobs", "POST", "/api/profile-bulk-import-jobs", body)
+    async def bulk_import_profiles(self, body: dict[str, Any], wanted: Wanted | None = None) -> str:
+        """Returns the job id to poll. `wanted`: see `send`."""
+        response = await self.send("profile-bulk-import-jobs", "POST", "/api/profile-bulk-import-jobs", body,
+                                   wanted)
         job_id: str = orjson.loads(response.content)["data"]["id"]
         return job_id
 
@@ -145,8 +146,11 @@ class KlaviyoClient:
         return found
 
     async def send(
-        self, endpoint: str, method: str, path: str, body: dict[str, Any] | None
+        self, endpoint: str, method: str, path: str, body: dict[str, Any] | None, wanted: Wanted | None = None
     ) -> httpx.Response:
+        """`wanted`, asked before every attempt (after the budget let it through): False raises
+        `Abandoned` without sending. For a request that must finish once sent but must not be sent
+        late, after its caller gave it up (delivery's bulk profile imports)."""
         content = encode(body) if body is not None else None
         seconds = BULK_TIMEOUT if content is not None and len(content) > 1_000_000 else None
         attempt, probing = 0, False
@@ -157,6 +161,8 @@ class KlaviyoClient:
                 async with self._sending(endpoint):
                     # Paused while this one queued for a slot or a token: back to waiting.
                     paused = self.auth.paused and not probing
+                    if wanted is not None and not wanted():
+                        raise Abandoned(f"{endpoint}: given up before it was sent")
                     response = None if paused else await self._attempt(
                         endpoint, method, path, content, seconds)
                 if paused:
@@ -244,6 +250,13 @@ class KlaviyoClient:
         delay = self.retry.delay(attempt, retry_after)
         log.info("klaviyo retry endpoint=%s attempt=%d delay=%.2fs", endpoint, attempt + 1, delay)
         await asyncio.sleep(delay)
+
+
+class Abandoned(Exception):
+    """A request its caller gave up while it waited for its turn: never sent."""
+
+
+Wanted = Callable[[], bool]
 
 
 def _retry_after(response: httpx.Response) -> float | None:

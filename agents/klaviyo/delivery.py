@@ -194,18 +194,29 @@ class Delivery:
         self, channel: Channel, chunk: list[ProfileWrite], settling: list[asyncio.Future[None]]
     ) -> None:
         metrics.KLAVIYO_BATCH_SIZE.labels("profile-bulk-import-jobs").observe(len(chunk))
-        recording = asyncio.ensure_future(self._import_and_record(channel, chunk))
+        given_up = asyncio.Event()
+        recording = asyncio.ensure_future(self._import_and_record(channel, chunk, given_up))
         self._recording_jobs.add(recording)
         recording.add_done_callback(self._recording_jobs.discard)
+        recording.add_done_callback(_retrieved)
         try:
             job_id = await asyncio.shield(recording)
+        except asyncio.CancelledError:
+            # Shielded so that a job Klaviyo accepted gets its id recorded; but one still waiting
+            # for its turn (budget, Retry-After) must never go out now: sent after the next
+            # owner's newer write, Klaviyo would apply this older state over it.
+            given_up.set()
+            raise
         except KlaviyoRejected as exc:
             await self._split_profiles(channel, chunk, exc, settling)
             return
         settling.append(asyncio.ensure_future(self._settle_job(channel, job_id, chunk)))
 
-    async def _import_and_record(self, channel: Channel, chunk: list[ProfileWrite]) -> str:
-        job_id = await channel.client.bulk_import_profiles(bulk_profiles_request(chunk))
+    async def _import_and_record(
+        self, channel: Channel, chunk: list[ProfileWrite], given_up: asyncio.Event
+    ) -> str:
+        job_id = await channel.client.bulk_import_profiles(bulk_profiles_request(chunk),
+                                                           wanted=lambda: not given_up.is_set())
         await self.versions.record([(write.customer_key, Floor(write.version, job_id)) for write in chunk])
         return job_id
 
@@ -303,6 +314,12 @@ class Delivery:
                     extra={"status": exc.status, "customer": customer_ref(customer_key)})
         metrics.DEADLETTERS.labels(Stage.SYNC.value, Reason.KLAVIYO_REJECTED.value).inc()
         await self.dead_letters(customer_key, rejections.rejected_record(exc, request, errors))
+
+
+def _retrieved(task: asyncio.Future[str]) -> None:
+    """A recording nobody awaits any more (its batch was given up) still has its outcome read."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _sent_or_paused(sending: dict[Channel, asyncio.Future[None]]) -> None:
