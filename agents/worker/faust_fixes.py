@@ -54,7 +54,7 @@ def start_uncommitted_partitions_from_their_beginning() -> None:
     """A stream partition nobody has committed yet is read from offset 0, whatever the consumer
     was positioned at when the partition arrived.
 
-    Seen here (tests/integration/deployment_tier.py): a worker killed before its first commit on
+    Seen here (tests/integration/test_deployment.py): a worker killed before its first commit on
     a partition left it uncommitted; the worker that took it over started at the partition's
     end as it was then, not at its beginning (`auto_offset_reset` is earliest), and Faust's gap
     tracking then committed over the skipped events: 40 events never folded, never delivered.

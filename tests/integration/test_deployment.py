@@ -1,8 +1,4 @@
-"""NOT COLLECTED BY DEFAULT (file name): it still fails in some runs on a product bug (README
-"Known issues": after the rolling restart a few profiles end at an older state). Run it with
-`.venv/bin/python -m pytest tests/integration/deployment_tier.py -s -p no:rerunfailures`.
-
-A deployment-shaped run: three worker processes, a crash and a rolling restart under load.
+"""A deployment-shaped run: three worker processes, a crash and a rolling restart under load.
 
 Three `returnsync worker` processes in one group, at the product's default partition count (8) on
 a broker that auto-creates topics with another (the embedded Tansu broker: 4), so a topic left to
