@@ -34,7 +34,7 @@ from agents.topic_plan import redrives_topic, sync_topic
 from streams.deadletter import DeadLetter, hide_emails, read_dead_letter
 from streams.errors import Stage
 from streams.events import customer_ref, format_time
-from streams.redrive import Redrive, Refused, Target, redrive
+from streams.redrive import Redrive, Refused, Target, Verify, redrive
 from streams.signatures import verify_proof
 
 CUSTOMER_STAGES = {Stage.STATE.value, Stage.SYNC.value}
@@ -131,7 +131,8 @@ def summary(entry: Entry, redrives: Mapping[str, dict[str, Any]], show_customers
 
 async def run_list(settings: Settings, args: argparse.Namespace) -> int:
     entries, redrives = await read_entries(settings)
-    chosen = [entry for entry in entries if _filter(args).covers(entry)]
+    selection = _filter(args)
+    chosen = [entry for entry in entries if selection.covers(entry)]
     counts = Counter((e.letter.stage, e.letter.reason) for e in chosen if e.letter is not None)
     shown = [summary(entry, redrives, args.show_customers) for entry in chosen[-args.limit:]]
     unreadable = [entry.ref for entry in entries if entry.letter is None]
@@ -179,8 +180,9 @@ async def run_show(settings: Settings, args: argparse.Namespace) -> int:
 
 async def run_redrive(settings: Settings, args: argparse.Namespace) -> int:
     entries, redrives = await read_entries(settings)
-    chosen = [e for e in entries if _filter(args).covers(e) and (args.again or e.ref not in redrives)]
-    skipped = sum(1 for e in entries if _filter(args).covers(e) and e.ref in redrives and not args.again)
+    selected = [e for e in entries if _filter(args).covers(e)]
+    chosen = [e for e in selected if args.again or e.ref not in redrives]
+    skipped = len(selected) - len(chosen)
     plans: dict[str, Redrive | Refused] = {}
     for entry in chosen:
         assert entry.letter is not None
@@ -200,7 +202,7 @@ async def run_redrive(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if outcome.refused or outcome.failed_again or not outcome.settled else 0
 
 
-def _verifier(settings: Settings) -> Any:
+def _verifier(settings: Settings) -> Verify:
     def verify(source: str, kept: Mapping[str, str], body: bytes) -> bool | None:
         secret = settings.webhook_secrets.get(source)
         if secret is None:
