@@ -8,7 +8,7 @@ import orjson
 
 from streams.errors import Reason, RejectedInput
 from streams.events import ReturnEvent, event_from_dict, event_to_dict
-from streams.state import CustomerState, state_from_dict, state_to_dict
+from streams.state import CustomerState, state_from_bytes, state_to_bytes
 
 
 def loads(data: bytes | str) -> Any:
@@ -33,8 +33,8 @@ def encode_event(event: ReturnEvent) -> bytes:
 
 def decode_state(value: bytes | None) -> CustomerState | None:
     """A customer's stored state (the customer_returns table's value), or None when there is none."""
-    return state_from_dict(orjson.loads(value)) if value is not None else None
+    return state_from_bytes(value) if value is not None else None
 
 
 def encode_state(state: CustomerState) -> bytes:
-    return orjson.dumps(state_to_dict(state))
+    return state_to_bytes(state)

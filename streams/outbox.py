@@ -17,7 +17,7 @@ import orjson
 from streams.events import ReturnEvent, event_from_dict, event_to_dict, format_time
 from streams.projection import KlaviyoEvent, ProfileUpdate, ProjectionConfig, klaviyo_events, profile_update
 from streams.reducer import Applied
-from streams.state import CustomerState, state_from_dict, state_to_dict
+from streams.state import CustomerState, state_from_dict, state_json, state_to_dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,4 +148,5 @@ def sync_record_bytes(state: bytes, event: bytes, applied: Applied, ingested_at:
     so splicing skips encoding the state a second time on the hottest path.
     """
     tail = orjson.dumps({"applied": applied.value, "ingested_at": format_time(ingested_at)})
-    return b'{"state":' + state + b',"event":' + event + b"," + tail[1:]
+    # The stored state's JSON part: delivery needs all of it but the digest sets.
+    return b'{"state":' + state_json(state) + b',"event":' + event + b"," + tail[1:]

@@ -5,7 +5,10 @@ Properties the rules keep, and the hypothesis tests check:
 - a return's status is the one of its greatest (occurred_at, rank, event id): any delivery order
   of the same status events ends on the same status, and an older one never moves it back;
 - money facts are sums over distinct fact ids, so their order does not matter;
-- a status event for a status the return already has is a repeat: recorded, never announced again.
+- a status event for a status the return already has is a repeat: recorded, never announced again;
+- the state stays bounded whatever the history: beyond `CLOSED_KEPT` closed returns the oldest are
+  settled (streams.state), and a settled return is final: an event for it never reopens it, moves
+  it or counts it again.
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from streams import digests
 from streams.events import EventType, Outcome, ReturnEvent
-from streams.state import STATUS_RANK, CustomerState, Identity, ReturnRecord, Stamp
+from streams.state import RETURNED_SKUS_LIMIT, STATUS_RANK, CustomerState, Identity, ReturnRecord, Stamp
 
-APPLIED_IDS_LIMIT = 1000
-"""Event ids remembered per customer for deduplication. Money facts tied to a return are also
-deduplicated by the ids kept on that return, which are never forgotten while the return is kept."""
-RETURNS_LIMIT = 500
-"""Return records kept per customer; beyond it the oldest closed returns are forgotten."""
+CLOSED_KEPT = 8
+"""Closed returns kept in full, the most recently opened. Older ones are settled. Eight leaves room
+for the reordering live traffic has (a late event lands while its return is still kept, and is
+ordered by its time as usual) while a customer with thousands of events stays a few KiB."""
+UNCOUNTED_KEPT = 8
+"""Returns only money facts were seen for (their status events late), kept to join their status
+later. Beyond it the first seen are dropped: their money stays counted and deduplicated; if
+their status events come after all, the return counts then, without the dropped outcome."""
+RETURN_SKUS_LIMIT = 100
+"""SKUs kept per return: enough for any real return, and one 20,000-line event cannot bloat state.
+`item_count` still counts every item."""
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
@@ -51,17 +61,17 @@ def initial_state(event: ReturnEvent) -> CustomerState:
 def apply_event(state: CustomerState | None, event: ReturnEvent) -> Result:
     """Apply one event. `state` None means the customer has no state yet."""
     current = state if state is not None else initial_state(event)
-    if event.event_id in current.applied_ids or _seen_on_return(current, event):
+    if _already_applied(current, event):
         return Result(current, Applied.DUPLICATE)
-    rule = RULES[event.type]
+    rule = _for_settled if _of_settled_return(current, event) else RULES[event.type]
     updated, applied = rule(current, event)
-    updated = replace(
-        updated,
-        identity=_identity(updated.identity, event),
-        applied_ids=(*updated.applied_ids, event.event_id)[-APPLIED_IDS_LIMIT:],
-        version=updated.version + 1,
-    )
-    return Result(_pruned(updated), applied)
+    identity = _identity(updated.identity, event)
+    if updated is current and identity is current.identity:
+        # Nothing to record (a restock, a late event for a settled return): the version stays,
+        # so a redelivery of it is as much a no-op as the first delivery.
+        return Result(current, applied)
+    updated = replace(updated, identity=identity, version=updated.version + 1)
+    return Result(_settled(updated), applied)
 
 
 def reduce_events(events: Iterable[ReturnEvent], state: CustomerState | None = None) -> CustomerState | None:
@@ -121,12 +131,28 @@ def _store_credit_issued(state: CustomerState, event: ReturnEvent) -> tuple[Cust
 
 def _store_credit_redeemed(state: CustomerState, event: ReturnEvent) -> tuple[CustomerState, Applied]:
     total = state.store_credit_redeemed_total + _amount(event)
-    return replace(state, store_credit_redeemed_total=total), Applied.APPLIED
+    return replace(_remembered(state, event), store_credit_redeemed_total=total), Applied.APPLIED
 
 
 def _item_restocked(state: CustomerState, event: ReturnEvent) -> tuple[CustomerState, Applied]:
-    # A warehouse fact: it changes nothing the customer sees, but it is recorded as applied.
-    return state, Applied.APPLIED
+    """A warehouse fact: it changes nothing the customer sees. Its id is kept on its return, so a
+    redelivery is told apart while the return is kept; for a settled return it is not remembered,
+    as applying it twice is applying it once."""
+    if not event.return_id or _is_settled(state, event.return_id):
+        return state, Applied.APPLIED
+    previous = state.returns.get(event.return_id)
+    record = previous or ReturnRecord(return_id=event.return_id)
+    record = replace(record, fact_ids=record.fact_ids | {event.event_id})
+    return _with_record(state, record, previous), Applied.APPLIED
+
+
+def _for_settled(state: CustomerState, event: ReturnEvent) -> tuple[CustomerState, Applied]:
+    """A status event for a settled return: late or re-sent, it never moves the return. It can
+    only say the return opened earlier than the customer's first return was thought to."""
+    first = state.first_return_at
+    if first is not None and event.occurred_at < first:
+        state = replace(state, first_return_at=event.occurred_at)
+    return state, Applied.OUT_OF_ORDER
 
 
 RULES: dict[EventType, Rule] = {
@@ -143,9 +169,25 @@ RULES: dict[EventType, Rule] = {
 # Helpers shared by the rules.
 
 
-def _seen_on_return(state: CustomerState, event: ReturnEvent) -> bool:
-    record = state.returns.get(event.return_id) if event.return_id else None
-    return record is not None and event.event_id in record.fact_ids
+def _already_applied(state: CustomerState, event: ReturnEvent) -> bool:
+    """The id was applied: a money fact's at any age (its digest), any other event's while its
+    return is kept. Any return's ids are looked at, not only the event's: an id names one fact,
+    whatever a redelivery of it says."""
+    if any(event.event_id in record.fact_ids for record in state.returns.values()):
+        return True
+    return bool(state.fact_digests) and digests.contains(state.fact_digests, digests.digest(event.event_id))
+
+
+def _of_settled_return(state: CustomerState, event: ReturnEvent) -> bool:
+    return event.type.is_status and event.return_id is not None and _is_settled(state, event.return_id)
+
+
+def _is_settled(state: CustomerState, return_id: str) -> bool:
+    return (
+        bool(state.settled_returns)
+        and return_id not in state.returns
+        and digests.contains(state.settled_returns, digests.digest(return_id))
+    )
 
 
 def _amount(event: ReturnEvent) -> Decimal:
@@ -153,14 +195,20 @@ def _amount(event: ReturnEvent) -> Decimal:
 
 
 def _record_fact(state: CustomerState, event: ReturnEvent, outcome: Outcome) -> CustomerState:
-    """Tie a money fact to its return (for the outcome and for permanent dedup), if it has one."""
+    """Remember a money fact for good, and tie it to its return for the outcome."""
+    state = _remembered(state, event)
     if not event.return_id:
         return state
     previous = state.returns.get(event.return_id)
-    record = previous or ReturnRecord(return_id=event.return_id)
-    record = replace(record, fact_ids=record.fact_ids | {event.event_id})
-    record = _with_outcome(_with_details(record, event), outcome)
+    if previous is None and _is_settled(state, event.return_id):
+        return state  # counted in the totals; a settled return's outcome no longer shows anywhere
+    record = _with_outcome(_with_details(previous or ReturnRecord(return_id=event.return_id), event), outcome)
     return _with_record(state, record, previous)
+
+
+def _remembered(state: CustomerState, event: ReturnEvent) -> CustomerState:
+    """A money fact's digest kept for good: its redelivery at any age is a duplicate."""
+    return replace(state, fact_digests=digests.added(state.fact_digests, digests.digest(event.event_id)))
 
 
 def _with_outcome(record: ReturnRecord, outcome: Outcome | None) -> ReturnRecord:
@@ -185,7 +233,7 @@ def _with_details(record: ReturnRecord, event: ReturnEvent) -> ReturnRecord:
     newer, stamps = _newer_fields(details, record.details_version, event)
     if "items" in newer:
         items = newer.pop("items")
-        newer["skus"] = tuple(dict.fromkeys(item.sku for item in items if item.sku))
+        newer["skus"] = tuple(dict.fromkeys(item.sku for item in items if item.sku))[:RETURN_SKUS_LIMIT]
         newer["item_count"] = sum(item.quantity for item in items)
     return replace(record, **newer, details_version=stamps) if newer else record
 
@@ -225,14 +273,26 @@ def _identity(identity: Identity, event: ReturnEvent) -> Identity:
     return replace(identity, **newer, version=stamps) if newer else identity
 
 
-def _pruned(state: CustomerState) -> CustomerState:
-    """Forget the oldest closed returns first, then returns only money facts were seen for
-    (those have no time to sort by)."""
-    if len(state.returns) <= RETURNS_LIMIT:
+def _settled(state: CustomerState) -> CustomerState:
+    """Settle closed returns beyond `CLOSED_KEPT` (the least recently opened first) and drop
+    uncounted ones beyond `UNCOUNTED_KEPT` (the first seen first)."""
+    if len(state.returns) <= CLOSED_KEPT:
         return state
-    inactive = sorted(
-        (record for record in state.returns.values() if not record.active),
-        key=lambda record: (not record.counted, record.opened_at or _NO_TIME, record.return_id),
+    closed = [record for record in state.returns.values() if record.counted and not record.active]
+    uncounted = [record for record in state.returns.values() if not record.counted]
+    if len(closed) <= CLOSED_KEPT and len(uncounted) <= UNCOUNTED_KEPT:
+        return state
+    closed.sort(key=lambda record: (record.opened_at or _NO_TIME, record.return_id))
+    settling = closed[: max(0, len(closed) - CLOSED_KEPT)]
+    dropped = uncounted[: max(0, len(uncounted) - UNCOUNTED_KEPT)]
+    gone = {record.return_id for record in (*settling, *dropped)}
+    settled_returns, skus = state.settled_returns, state.settled_skus
+    for record in settling:  # oldest first, so the newest settled SKUs end up in front
+        settled_returns = digests.added(settled_returns, digests.digest(record.return_id))
+        skus = tuple(dict.fromkeys((*record.skus, *skus)))[:RETURNED_SKUS_LIMIT]
+    return replace(
+        state,
+        returns={key: record for key, record in state.returns.items() if key not in gone},
+        settled_returns=settled_returns,
+        settled_skus=skus,
     )
-    excess = {record.return_id for record in inactive[: len(state.returns) - RETURNS_LIMIT]}
-    return replace(state, returns={k: v for k, v in state.returns.items() if k not in excess})

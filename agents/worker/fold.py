@@ -12,8 +12,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from agents import metrics
 from agents.deadletters import DeadLetters
 from agents.worker.runtime import Runtime
@@ -23,7 +21,7 @@ from streams.events import customer_ref
 from streams.outbox import sync_record_bytes
 from streams.partitioning import expected_partition
 from streams.reducer import Applied, apply_event
-from streams.state import CustomerState, state_from_dict
+from streams.state import CustomerState, state_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ class DecodedStates:
         if entry is not None and (entry[0] is stored or entry[0] == stored):
             self._entries.move_to_end(key)
             return entry[1]
-        return self.put(key, stored, state_from_dict(orjson.loads(stored)))
+        return self.put(key, stored, state_from_bytes(stored))
 
     def put(self, key: bytes, stored: bytes, state: CustomerState) -> CustomerState:
         self._entries[key] = (stored, state)

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 import streams.reducer as reducer
+from streams import digests
 from streams.events import EventType, ReturnEvent
+from streams.projection import ProjectionConfig, profile_properties
 from streams.reducer import Applied, apply_event, initial_state, reduce_events
 from streams.state import (
     ACTIVE_STATUSES,
@@ -138,7 +140,7 @@ def test_first_event_creates_the_customer_state() -> None:
     assert result.state.customer_key == "acme-eu/emma@example.com"
     assert result.state.identity.email == "emma@example.com"
     assert result.state.version == 1
-    assert result.state.applied_ids == (item.event_id,)
+    assert result.state.returns["R1"].fact_ids == {item.event_id}
     assert initial_state(item) == CustomerState(
         customer_key="acme-eu/emma@example.com", identity=Identity(email="emma@example.com")
     )
@@ -162,10 +164,10 @@ def test_version_counts_applied_events_only() -> None:
     state, outcomes = run(requested, approved, requested, approved)
     assert outcomes == [Applied.APPLIED, Applied.APPLIED, Applied.DUPLICATE, Applied.DUPLICATE]
     assert state.version == 2
-    assert state.applied_ids == (requested.event_id, approved.event_id)
+    assert state.returns["R1"].fact_ids == {requested.event_id, approved.event_id}
 
 
-def test_out_of_order_events_are_recorded_as_applied_ids() -> None:
+def test_out_of_order_events_are_recorded_as_applied() -> None:
     closed = status("closed", "2025-03-10T10:00:00Z")
     late = status("approved", "2025-03-03T11:00:00Z")
     state, outcomes = run(closed, late)
@@ -349,7 +351,10 @@ def test_refund_adds_to_the_total_and_sets_the_outcome() -> None:
     assert outcomes == [Applied.APPLIED] * 3
     assert state.refund_total == Decimal("41.00")
     assert state.returns["R1"].outcome == "refund"
-    assert {"loop:refund:1", "loop:refund:2"} <= state.returns["R1"].fact_ids
+    # Money facts are remembered by digest for good, not on the return (which may be settled).
+    assert digests.count(state.fact_digests) == 2
+    for fact_id in ("loop:refund:1", "loop:refund:2"):
+        assert digests.contains(state.fact_digests, digests.digest(fact_id))
 
 
 def test_refund_before_its_return_is_kept_on_an_uncounted_record() -> None:
@@ -445,28 +450,25 @@ def test_money_facts_are_additive_in_any_order() -> None:
     assert forward.store_credit_balance == Decimal(0)
 
 
-def test_money_fact_forgotten_from_applied_ids_is_still_deduplicated_by_its_return(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(reducer, "APPLIED_IDS_LIMIT", 3)
-    refund = fact("refund.issued", "loop:refund:1", return_id="R1", amount="28.00")
-    credit = fact("store_credit.issued", "loop:credit:1", return_id="R1", amount="5.00")
-    status_event = status("approved", "2025-03-03T10:00:00Z")
-    others = [fact("store_credit.redeemed", f"d{n}", amount="1.00") for n in range(3)]
-    state, _ = run(refund, credit, status_event, *others)
-    assert refund.event_id not in state.applied_ids
-    assert len(state.applied_ids) == 3
-    for again in (refund, credit, status_event):
+def test_a_money_fact_is_a_duplicate_at_any_age_even_after_its_return_settled() -> None:
+    refund = fact("refund.issued", "loop:refund:1", return_id="R0", amount="28.00")
+    redeemed = fact("store_credit.redeemed", "redeem:1", amount="3.00")
+    history = [status("closed", "2024-01-01T10:00:00Z", return_id="R0"), refund, redeemed]
+    for n in range(1, 2 * reducer.CLOSED_KEPT + 1):
+        history.append(status("closed", f"2024-02-{n:02d}T10:00:00Z", return_id=f"R{n}"))
+    state, _ = run(*history)
+    assert "R0" not in state.returns, "settled"
+    for again in (refund, redeemed):
         result = apply_event(state, again)
         assert result.applied is Applied.DUPLICATE, again.event_id
         assert result.state == state
     assert state.refund_total == Decimal("28.00")
+    assert state.store_credit_redeemed_total == Decimal("3.00")
 
 
-def test_applied_ids_are_bounded_and_keep_the_newest(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reducer, "APPLIED_IDS_LIMIT", 2)
+def test_money_facts_cost_eight_bytes_each() -> None:
     state, _ = run(*(fact("store_credit.redeemed", f"d{n}", amount="1") for n in range(5)))
-    assert state.applied_ids == ("d3", "d4")
+    assert len(state.fact_digests) == 5 * digests.SIZE
     assert state.version == 5
 
 
@@ -475,8 +477,9 @@ def test_item_restocked_changes_nothing_the_customer_sees() -> None:
     restock = fact("item.restocked", "restock:1", return_id="R1", items=[{"sku": "TEE-BLK-M"}])
     result = apply_event(before, restock)
     assert result.applied is Applied.APPLIED
-    assert replace(result.state, applied_ids=before.applied_ids, version=before.version) == before
-    assert result.state.version == before.version + 1
+    config = ProjectionConfig()
+    assert profile_properties(result.state, config) == profile_properties(before, config)
+    assert result.state.returns["R1"].fact_ids == before.returns["R1"].fact_ids | {"restock:1"}
     assert apply_event(result.state, restock).applied is Applied.DUPLICATE
 
 
@@ -704,11 +707,11 @@ def test_identity_comes_from_the_newest_event_carrying_each_field() -> None:
         assert (identity.email, identity.external_id, identity.first_name, identity.last_name) == expected
 
 
-# --- pruning -----------------------------------------------------------------------------------
+# --- settling: bounded state over any history ---------------------------------------------------
 
 
-def test_pruning_forgets_oldest_closed_returns_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reducer, "RETURNS_LIMIT", 3)
+def test_settling_keeps_the_most_recently_opened_closed_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reducer, "CLOSED_KEPT", 2)
     state, _ = run(
         status("closed", "2025-03-01T10:00:00Z", return_id="old", items=[TEE]),
         status("requested", "2025-02-01T10:00:00Z", return_id="oldest-but-open"),
@@ -716,34 +719,68 @@ def test_pruning_forgets_oldest_closed_returns_first(monkeypatch: pytest.MonkeyP
         status("closed", "2025-03-03T10:00:00Z", return_id="newest"),
     )
     assert set(state.returns) == {"oldest-but-open", "newer", "newest"}
-    # Lifetime figures are not undone by forgetting a record.
+    # Lifetime figures are not undone by settling a record.
     assert state.return_count == 4
     assert state.item_count == 1
     assert state.first_return_at == utc("2025-02-01T10:00:00+00:00")
+    assert state.returned_skus == ["TEE-BLK-M"]
+    assert digests.count(state.settled_returns) == 1
 
 
-def test_pruning_never_forgets_an_active_return(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reducer, "RETURNS_LIMIT", 2)
+def test_an_event_for_a_settled_return_never_reopens_or_recounts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reducer, "CLOSED_KEPT", 1)
+    state, _ = run(
+        status("requested", "2025-03-01T10:00:00Z", return_id="A", items=[TEE]),
+        status("closed", "2025-03-05T10:00:00Z", return_id="A"),
+        status("closed", "2025-03-06T10:00:00Z", return_id="B"),
+    )
+    assert "A" not in state.returns
+    for late in (
+        status("approved", "2025-03-02T10:00:00Z", return_id="A"),  # late, older
+        status("requested", "2025-03-09T10:00:00Z", return_id="A", event_id="A:again"),  # re-sent, newer
+        status("closed", "2025-03-05T10:00:00Z", return_id="A"),  # redelivered
+    ):
+        result = apply_event(state, late)
+        assert result.applied is Applied.OUT_OF_ORDER
+        assert result.state.returns == state.returns
+        assert (result.state.return_count, result.state.item_count) == (2, 1)
+        assert not result.state.active_returns
+    redelivered = status("closed", "2025-03-05T10:00:00Z", return_id="A")
+    assert apply_event(state, redelivered).state == state, "a redelivery changes nothing, not the version"
+    # The one thing a late event can still tell: the customer's first return opened earlier.
+    first = status("requested", "2025-02-01T10:00:00Z", return_id="A", event_id="A:first")
+    earlier = apply_event(state, first)
+    assert earlier.state.first_return_at == utc("2025-02-01T10:00:00+00:00")
+    assert earlier.state.return_count == 2
+
+
+def test_settling_never_touches_an_active_return(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reducer, "CLOSED_KEPT", 1)
     state, _ = run(*(status("requested", f"2025-03-0{n}T10:00:00Z", return_id=f"R{n}") for n in range(1, 5)))
     assert len(state.returns) == 4
     assert len(state.active_returns) == 4
 
 
-def test_pruning_with_money_only_records_does_not_crash(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Regression: a record with no status has no time, and sorting it beside closed ones raised
-    # TypeError ('<' between NoneType and datetime) in the reducer.
-    monkeypatch.setattr(reducer, "RETURNS_LIMIT", 2)
-    state, _ = run(
-        status("closed", "2025-03-01T10:00:00Z", return_id="closed-1"),
-        status("closed", "2025-03-02T10:00:00Z", return_id="closed-2"),
-        fact("refund.issued", "r1", return_id="pending-1", amount="5.00"),
-        fact("refund.issued", "r2", return_id="pending-2", amount="5.00"),
-    )
-    assert set(state.returns) == {"pending-1", "pending-2"}, "closed returns go before pending money facts"
-    assert state.refund_total == Decimal("10.00")
-    state, _ = run(fact("refund.issued", "r3", return_id="pending-3", amount="5.00"), state=state)
-    assert len(state.returns) == 2
+def test_uncounted_returns_beyond_the_bound_are_dropped_but_their_money_stays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reducer, "CLOSED_KEPT", 1)
+    monkeypatch.setattr(reducer, "UNCOUNTED_KEPT", 2)
+    refunds = [fact("refund.issued", f"r{n}", return_id=f"pending-{n}", amount="5.00") for n in range(1, 4)]
+    state, _ = run(*refunds)
+    assert set(state.returns) == {"pending-2", "pending-3"}
     assert state.refund_total == Decimal("15.00")
+    assert apply_event(state, refunds[0]).applied is Applied.DUPLICATE
+    # Its status events come after all: the return counts, as a new one.
+    late = apply_event(state, status("closed", "2025-03-01T10:00:00Z", return_id="pending-1")).state
+    assert late.return_count == 1
+
+
+def test_one_event_with_thousands_of_items_keeps_a_bounded_sku_list() -> None:
+    items = [{"sku": f"SKU-{n}", "quantity": 1} for n in range(20_000)]
+    state, _ = run(status("requested", "2025-03-01T10:00:00Z", items=items))
+    assert len(state.returns["R1"].skus) == reducer.RETURN_SKUS_LIMIT
+    assert state.item_count == 20_000
 
 
 def test_reduce_events_of_nothing_is_the_given_state() -> None:

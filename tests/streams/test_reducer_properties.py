@@ -34,10 +34,10 @@ def reduce(events: list[ReturnEvent]) -> CustomerState:
 
 
 def canonical(state: CustomerState) -> CustomerState:
-    """The state without what delivery order legitimately changes: the order of applied_ids, and
-    which of a return's same-status snapshots came first (the others are its repeats)."""
+    """The state without what delivery order legitimately changes: which of a return's
+    same-status snapshots came first (the others are its repeats)."""
     returns = {key: replace(record, repeated_ids=frozenset()) for key, record in state.returns.items()}
-    return replace(state, applied_ids=tuple(sorted(state.applied_ids)), returns=returns)
+    return replace(state, returns=returns)
 
 
 @dataclass(frozen=True)

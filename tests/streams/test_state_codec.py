@@ -147,7 +147,7 @@ def test_uncounted_record_round_trips() -> None:
     restored = state_from_dict(orjson.loads(orjson.dumps(out)))
     assert restored == state
     assert restored.returns["R1"] == ReturnRecord(
-        return_id="R1", outcomes=frozenset({"refund"}), fact_ids=frozenset({"r1"})
+        return_id="R1", outcomes=frozenset({"refund"})
     )
 
 
