@@ -25,9 +25,10 @@ from streams.events import EventType, Outcome, ReturnEvent
 from streams.state import RETURNED_SKUS_LIMIT, STATUS_RANK, CustomerState, Identity, ReturnRecord, Stamp
 
 CLOSED_KEPT = 8
-"""Closed returns kept in full, the most recently opened. Older ones are settled. Eight leaves room
-for the reordering live traffic has (a late event lands while its return is still kept, and is
-ordered by its time as usual) while a customer with thousands of events stays a few KiB."""
+"""Closed returns kept in full: the most recently closed (and the last return). Older ones are
+settled. Eight leaves room for the reordering live traffic has (a late event lands while its
+return is still kept, and is ordered by its time as usual) while a customer with thousands of
+events stays a few KiB."""
 UNCOUNTED_KEPT = 8
 """Returns only money facts were seen for (their status events late), kept to join their status
 later. Beyond it the first seen are dropped: their money stays counted and deduplicated; if
@@ -274,20 +275,27 @@ def _identity(identity: Identity, event: ReturnEvent) -> Identity:
 
 
 def _settled(state: CustomerState) -> CustomerState:
-    """Settle closed returns beyond `CLOSED_KEPT` (the least recently opened first) and drop
-    uncounted ones beyond `UNCOUNTED_KEPT` (the first seen first)."""
+    """Settle closed returns beyond `CLOSED_KEPT`, the longest closed first, and drop uncounted
+    ones beyond `UNCOUNTED_KEPT`, the first seen first.
+
+    By closing time, not opening: a return that closes is kept for the next `CLOSED_KEPT`
+    closings, however long it was open, so its own late events still find it. The last return
+    (the profile's `returns_last_*`) is never settled.
+    """
     if len(state.returns) <= CLOSED_KEPT:
         return state
     closed = [record for record in state.returns.values() if record.counted and not record.active]
     uncounted = [record for record in state.returns.values() if not record.counted]
     if len(closed) <= CLOSED_KEPT and len(uncounted) <= UNCOUNTED_KEPT:
         return state
-    closed.sort(key=lambda record: (record.opened_at or _NO_TIME, record.return_id))
-    settling = closed[: max(0, len(closed) - CLOSED_KEPT)]
+    last = state.last_return
+    closed.sort(key=lambda record: (record.status_at or _NO_TIME, record.return_id))
+    settling = [record for record in closed[: max(0, len(closed) - CLOSED_KEPT)] if record is not last]
     dropped = uncounted[: max(0, len(uncounted) - UNCOUNTED_KEPT)]
     gone = {record.return_id for record in (*settling, *dropped)}
     settled_returns, skus = state.settled_returns, state.settled_skus
-    for record in settling:  # oldest first, so the newest settled SKUs end up in front
+    for record in sorted(settling, key=lambda record: (record.opened_at or _NO_TIME, record.return_id)):
+        # Least recently opened first, so the most recently opened one's SKUs end up in front.
         settled_returns = digests.added(settled_returns, digests.digest(record.return_id))
         skus = tuple(dict.fromkeys((*record.skus, *skus)))[:RETURNED_SKUS_LIMIT]
     return replace(

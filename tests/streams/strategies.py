@@ -113,13 +113,18 @@ def customer_blocks(customer: dict[str, Any]) -> st.SearchStrategy[dict[str, Any
 
 @st.composite
 def return_facts(
-    draw: st.DrawFn, customer: dict[str, Any], return_id: str, source: str, min_statuses: int = 0
+    draw: st.DrawFn,
+    customer: dict[str, Any],
+    return_id: str,
+    source: str,
+    min_statuses: int = 0,
+    base: int = 0,
 ) -> list[dict[str, Any]]:
     """Status events for part of one lifecycle, plus the money facts and restocks of the return."""
     lifecycle = draw(st.sampled_from(LIFECYCLES))
     # Half the returns have ended; with 0 statuses only money facts arrived (status events late).
     length = draw(st.just(len(lifecycle)) | st.integers(min_value=min_statuses, max_value=len(lifecycle)))
-    start = draw(offsets)
+    start = base + draw(offsets)
     lines = draw(items())
     outcome = draw(st.sampled_from((None, "refund", "exchange", "store_credit")))
     common: dict[str, Any] = {
@@ -222,3 +227,19 @@ def event_streams(draw: st.DrawFn) -> list[ReturnEvent]:
         stream = draw(st.sampled_from([stream for stream in streams if stream]))
         merged.append(stream.pop(0))
     return merged
+
+
+@st.composite
+def long_customer_streams(draw: st.DrawFn, min_returns: int = 20, max_returns: int = 60) -> list[ReturnEvent]:
+    """A serial returner: tens of returns over months, each starting a day or two after the one
+    before (so a few are open at once), in time order, ties in any order."""
+    customer = draw(st.sampled_from(CUSTOMERS))
+    source = draw(st.sampled_from(SOURCES))
+    tag = customer["email"].split("@")[0].replace(".", "").lower()
+    facts: list[dict[str, Any]] = []
+    for n in range(draw(st.integers(min_value=min_returns, max_value=max_returns))):
+        base = n * draw(st.sampled_from((1440, 2880)))
+        facts += draw(return_facts(customer, f"{source}-{tag}-{1000 + n}", source, min_statuses=1, base=base))
+    facts = [{key: value for key, value in fact.items() if value is not None} for fact in facts]
+    ordered = sorted(draw(st.permutations(facts)), key=lambda fact: fact["occurred_at"])
+    return [event_from_dict(fact) for fact in ordered]
