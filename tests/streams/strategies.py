@@ -10,6 +10,7 @@ coarse grid so equal `occurred_at` values (ties) are common. Every event goes th
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -243,3 +244,43 @@ def long_customer_streams(draw: st.DrawFn, min_returns: int = 20, max_returns: i
     facts = [{key: value for key, value in fact.items() if value is not None} for fact in facts]
     ordered = sorted(draw(st.permutations(facts)), key=lambda fact: fact["occurred_at"])
     return [event_from_dict(fact) for fact in ordered]
+
+
+def serial_history(events: int, seed: int = 7, email: str = "noemail@store.com") -> list[ReturnEvent]:
+    """A fixed long history for one customer (a placeholder email many orders share): return
+    lifecycles a day or two apart, refunds, exchanges and store credit, some returns left open,
+    about 5% redelivered and neighbours swapped. Deterministic for a seed: fixtures depend on it."""
+    rng = random.Random(seed)
+    lines: list[dict[str, Any]] = []
+    minute, number = 0, 0
+    while len(lines) < events:
+        number += 1
+        return_id = f"loop-{seed}-{number}"
+        minute += rng.choice((720, 1440, 2880))
+        lifecycle = rng.choice(LIFECYCLES) if rng.random() < 0.97 else ("requested", "approved")
+        sku = rng.choice(SKUS)
+        items = [{"sku": sku, "quantity": rng.randint(1, 2), "value": f"{rng.randint(5, 90)}.00"}]
+        for step, word in enumerate(lifecycle):
+            lines.append({
+                "event_id": f"loop:{return_id}:{word}", "type": f"return.{word}", "source": "loop",
+                "occurred_at": at(minute + step * 600), "customer": {"email": email},
+                "return_id": return_id, "currency": "USD", **({"items": items} if step == 0 else {}),
+            })
+        if lifecycle[-1] == "closed":
+            kind = rng.choice(("refund.issued", "exchange.created", "store_credit.issued"))
+            lines.append({
+                "event_id": f"loop:{kind}:{return_id}", "type": kind, "source": "loop",
+                "occurred_at": at(minute + len(lifecycle) * 600), "customer": {"email": email},
+                "return_id": return_id, "currency": "USD",
+                **({} if kind == "exchange.created" else {"amount": items[0]["value"]}),
+            })
+    history = [event_from_dict(line) for line in lines[:events]]
+    delivered: list[ReturnEvent] = []
+    for event in history:
+        delivered.append(event)
+        if rng.random() < 0.05:
+            delivered.append(event)
+    for index in range(len(delivered) - 1):
+        if rng.random() < 0.1:
+            delivered[index], delivered[index + 1] = delivered[index + 1], delivered[index]
+    return delivered
