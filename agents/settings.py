@@ -9,6 +9,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,6 +17,7 @@ import orjson
 
 from agents.kafka import KafkaConnection, KafkaSecurity
 from agents.klaviyo.accounts import DEFAULT_ACCOUNT, KlaviyoAccount, account_for, parse_accounts
+from streams.events import DEFAULT_MAX_FUTURE_SKEW, KLAVIYO_MAX_AHEAD
 from streams.projection import DEFAULT_METRIC_NAMES, ProjectionConfig
 from streams.topics import TopicNames
 
@@ -70,6 +72,9 @@ class Settings:
     events_api_token: str | None = field(default=None, repr=False)
     webhook_max_bytes: int = 1024 * 1024
     webhook_ack_timeout: float = 10.0
+    max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW
+    """An event dated later than this after it was received is refused (400 on POST /events,
+    dead-lettered `future_time` from Kafka): it would pin its return's status for good."""
     keep_refused_webhooks: bool = True
     """Webhooks refused for a missing secret or a bad signature are also kept (dead-letter topic,
     stage webhook), so `returnsync deadletters redrive` can verify them once the secret is right."""
@@ -185,6 +190,9 @@ class Settings:
                 "RETURNSYNC_WEBHOOK_MAX_BYTES", defaults.webhook_max_bytes, int, 1024, 64 * 1024 * 1024
             ),
             webhook_ack_timeout=reader.number("RETURNSYNC_WEBHOOK_ACK_TIMEOUT", 10.0, float, 0.1, 300.0),
+            max_future_skew=timedelta(seconds=reader.number(
+                "RETURNSYNC_MAX_FUTURE_SKEW", DEFAULT_MAX_FUTURE_SKEW.total_seconds(), float, 0.0,
+                KLAVIYO_MAX_AHEAD.total_seconds())),
             keep_refused_webhooks=reader.flag("RETURNSYNC_KEEP_REFUSED_WEBHOOKS", True),
             shopify_hold_per_order=reader.number("RETURNSYNC_SHOPIFY_HOLD_PER_ORDER", 50, int, 1, 10_000),
             shopify_hold_max=reader.number("RETURNSYNC_SHOPIFY_HOLD_MAX", 10_000, int, 1, 10_000_000),

@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from functools import lru_cache
@@ -55,7 +55,23 @@ DEFAULT_TENANT = "default"
 _MAX_EMAIL = 99
 # Item events use `<event_id>:<n>` as Klaviyo unique_id, which Klaviyo caps at 255 characters.
 _MAX_EVENT_ID = 240
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Klaviyo's email rule as its sandbox encodes it (klaviyo_sandbox/rules.py): one @, a local part
+# without spaces, quotes, brackets or separators, a dotted domain of letters, digits and hyphens.
+# ASCII only: Klaviyo refuses internationalised addresses (`jösé@exämple.com`), local part or
+# domain; an IDN domain is accepted in its ASCII `xn--` form. Applied to the normalised (lower
+# case) address, so plus-addressing, subdomains and upper case stay valid.
+_EMAIL = re.compile(
+    r"^[^@\s\"<>()\[\],;:\\\x00-\x1f\x7f]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9-]+)+$"
+)
+# Klaviyo takes event times from 2000-01-01 (the stricter of its documented bounds) to one year
+# ahead of its clock; anything outside is refused for good (klaviyo-api.md §3.1).
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+KLAVIYO_MAX_AHEAD = timedelta(days=365)
+DEFAULT_MAX_FUTURE_SKEW = timedelta(hours=1)
+"""How far past its ingestion time an event may be dated: clock skew between a platform and us,
+never more. A later date would pin its return's status (older real updates lose to it)."""
+# Far above any real return line, far below where the 64-bit integers Klaviyo takes overflow.
+_MAX_QUANTITY = 1_000_000
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 # Far above any real return, far below where Decimal sums overflow (1E+1000000 raises in the reducer).
@@ -126,8 +142,14 @@ def normalise_email(email: str) -> str:
 # Parsing: a JSON object from a producer into a ReturnEvent, or a RejectedInput with a reason.
 
 
-def event_from_dict(obj: Any) -> ReturnEvent:
-    """Validate one canonical event object. Unknown fields are ignored."""
+def event_from_dict(
+    obj: Any, *, now: datetime | None = None, max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW
+) -> ReturnEvent:
+    """Validate one canonical event object. Unknown fields are ignored.
+
+    With `now` (the time it is ingested), its time is checked too (`check_time`); without, only
+    what the object alone decides: decoding a record already accepted never depends on a clock.
+    """
     if not isinstance(obj, Mapping):
         raise RejectedInput(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
     event_id = _required_str(obj, "event_id")
@@ -155,7 +177,7 @@ def event_from_dict(obj: Any) -> ReturnEvent:
     currency = _optional_str(obj, "currency")
     if currency is not None and not _CURRENCY.match(currency):
         raise RejectedInput(Reason.INVALID_FIELD, "currency must be an ISO 4217 code like USD")
-    return ReturnEvent(
+    event = ReturnEvent(
         event_id=event_id,
         type=event_type,
         occurred_at=parse_time(obj.get("occurred_at"), "occurred_at"),
@@ -172,6 +194,38 @@ def event_from_dict(obj: Any) -> ReturnEvent:
         new_order_ref=_optional_str(obj, "new_order_ref"),
         backfill=_flag(obj, "backfill"),
     )
+    return event if now is None else check_time(event, now=now, max_future_skew=max_future_skew)
+
+
+def check_time(
+    event: ReturnEvent, *, now: datetime, max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW
+) -> ReturnEvent:
+    """The event, if Klaviyo can take its time and it is not dated after `now` + the skew.
+
+    Pure: `now` is the ingestion time the caller can reproduce (the request time at the HTTP
+    edge, the Kafka record's timestamp in the state agent, the webhook's `received_at` in
+    normalize), so a replay decides exactly as the first run did. An event dated too far ahead
+    would win every status race of its return for good, and Klaviyo would refuse its timeline
+    entry; one before 2000 Klaviyo refuses outright.
+    """
+    if event.occurred_at < EARLIEST_EVENT_TIME:
+        raise RejectedInput(Reason.TIME_OUT_OF_RANGE,
+                            f"occurred_at {format_time(event.occurred_at)} is before 2000-01-01, "
+                            "which Klaviyo does not accept")
+    latest = now + min(max_future_skew, KLAVIYO_MAX_AHEAD)
+    if event.occurred_at > latest:
+        raise RejectedInput(Reason.FUTURE_TIME,
+                            f"occurred_at {format_time(event.occurred_at)} is more than "
+                            f"{_duration(max_future_skew)} after it was received "
+                            f"({format_time(now)})")
+    return event
+
+
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds} s"
 
 
 def event_to_dict(event: ReturnEvent) -> dict[str, Any]:
@@ -274,7 +328,13 @@ def _customer(value: Any) -> Customer:
     if raw_email is None or not raw_email.strip():
         raise RejectedInput(Reason.MISSING_FIELD, "customer.email is required")
     email = normalise_email(raw_email)
-    if len(email) > _MAX_EMAIL or not _EMAIL.match(email):
+    if len(email) > _MAX_EMAIL:
+        raise RejectedInput(Reason.INVALID_FIELD,
+                            f"customer.email is longer than {_MAX_EMAIL} characters (Klaviyo's limit)")
+    if not email.isascii():
+        raise RejectedInput(Reason.INVALID_FIELD,
+                            "customer.email has non-ASCII characters, which Klaviyo does not accept")
+    if not _EMAIL.match(email):
         raise RejectedInput(Reason.INVALID_FIELD, "customer.email is not a valid email address")
     return Customer(
         email=email,
@@ -294,8 +354,9 @@ def _items(value: Any) -> tuple[ReturnItem, ...]:
         if not isinstance(raw, Mapping):
             raise RejectedInput(Reason.INVALID_FIELD, f"items[{index}] must be an object")
         quantity = raw.get("quantity", 1)
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
-            raise RejectedInput(Reason.INVALID_FIELD, f"items[{index}].quantity must be an integer >= 1")
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= _MAX_QUANTITY:
+            raise RejectedInput(Reason.INVALID_FIELD,
+                                f"items[{index}].quantity must be an integer from 1 to {_MAX_QUANTITY}")
         items.append(
             ReturnItem(
                 sku=_optional_str(raw, "sku"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agents import metrics
@@ -17,7 +17,7 @@ from agents.deadletters import DeadLetters
 from agents.worker.runtime import Runtime
 from streams.codec import decode_event, decode_state, encode_state
 from streams.errors import Reason, RejectedInput, Stage
-from streams.events import customer_ref
+from streams.events import DEFAULT_MAX_FUTURE_SKEW, check_time, customer_ref
 from streams.outbox import sync_record_bytes
 from streams.partitioning import expected_partition
 from streams.reducer import Applied, apply_event
@@ -62,8 +62,9 @@ class Fold:
 
     def __init__(self, table: MutableMapping[bytes, bytes], partitions: int, *,
                  sync: Callable[[bytes, bytes, int], Awaitable[Any]],
-                 rekey: Callable[[bytes, bytes], Awaitable[Any]], dead_letters: DeadLetters) -> None:
-        self.table, self.partitions = table, partitions
+                 rekey: Callable[[bytes, bytes], Awaitable[Any]], dead_letters: DeadLetters,
+                 max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW) -> None:
+        self.table, self.partitions, self.skew = table, partitions, max_future_skew
         self.sync, self.rekey, self.dead_letters = sync, rekey, dead_letters
         self.states = DecodedStates()
         self.ingested = metrics.LabelledCounters(metrics.EVENTS_INGESTED)
@@ -71,7 +72,9 @@ class Fold:
 
     async def process(self, message: Any) -> None:
         try:
-            event = decode_event(message.value)
+            # Dated against the record's timestamp, never the clock: a replay decides the same.
+            event = check_time(decode_event(message.value), now=_ingested_at(message),
+                               max_future_skew=self.skew)
         except RejectedInput as exc:
             log.info("event rejected reason=%s offset=%s", exc.reason.value, message.offset)
             await self.dead_letters.message(Stage.STATE, exc.reason, exc.detail, message)
@@ -120,7 +123,8 @@ def register(runtime: Runtime) -> None:
         await runtime.rekey.send(key=key, value=value)
 
     dead_letters = DeadLetters(lambda key, record: runtime.deadletter.send(key=key, value=record))
-    fold = Fold(table, runtime.settings.partitions, sync=sync, rekey=rekey, dead_letters=dead_letters)
+    fold = Fold(table, runtime.settings.partitions, sync=sync, rekey=rekey, dead_letters=dead_letters,
+                max_future_skew=runtime.settings.max_future_skew)
 
     @app.agent(runtime.events, name="state")
     async def state(stream: Any) -> None:

@@ -5,6 +5,12 @@ keyed by customer key. Anything that cannot become events goes to the dead-lette
 `normalize`, the adapter's reason, the envelope as received); well-formed webhooks that mean
 nothing canonical are counted as skips, unmapped platform statuses as unknown statuses.
 
+What Klaviyo would refuse for good never reaches `returns.events`: the adapters validate each
+event like `POST /events` does (an email Klaviyo does not take is `invalid_field`), and an event
+dated before 2000 or more than `max_future_skew` after the webhook's `received_at` (the HTTP
+edge's time, kept in the envelope, so a replay decides the same) dead-letters the whole webhook
+(`time_out_of_range` / `future_time`), none of its events sent.
+
 Shopify join (see `streams.adapters.shopify` for the protocol). `returns/*` and
 `refunds/create` do not name the customer; `orders/create` does. `returns.raw` is keyed
 `<source>:<return id>` (orders by nothing), so an order and its returns land in unrelated
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -48,7 +55,7 @@ from streams.adapters.common import tenant_of
 from streams.adapters.payload import load_object, required_text
 from streams.codec import encode_event
 from streams.errors import Reason, RejectedInput, Stage
-from streams.events import Customer
+from streams.events import DEFAULT_MAX_FUTURE_SKEW, Customer, check_time
 from streams.partitioning import expected_partition
 from streams.raw import RawWebhook, decode_raw
 
@@ -134,9 +141,11 @@ class Normalizer:
 
     def __init__(self, *, customers: MutableMapping[bytes, bytes], hold: Hold, partitions: int,
                  join_topic: str, emit: Callable[[bytes, bytes], Awaitable[Any]],
-                 rejoin: Callable[[bytes, bytes], Awaitable[Any]], dead_letters: DeadLetters) -> None:
+                 rejoin: Callable[[bytes, bytes], Awaitable[Any]], dead_letters: DeadLetters,
+                 max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW) -> None:
         self.customers, self.hold, self.partitions, self.join_topic = customers, hold, partitions, join_topic
         self._emit, self._rejoin, self.dead_letters = emit, rejoin, dead_letters
+        self.max_future_skew = max_future_skew
 
     async def process(self, message: Any) -> None:
         origin = origin_of(message)
@@ -145,7 +154,7 @@ class Normalizer:
             if raw.source == shopify.SOURCE:
                 await self._join_shopify(raw, message, origin)
             else:
-                await self._publish(raw.source, normalize(raw))
+                await self._publish(raw, normalize(raw), message.value, origin)
         except RejectedInput as exc:
             await self._dead(exc.reason, exc.detail, message.value, origin)
 
@@ -181,13 +190,14 @@ class Normalizer:
                 await self._dead(Reason.MISSING_FIELD, full, message.value, origin)
             else:
                 log.info("shopify webhook held origin=%s until its order arrives", origin)
-        await self._publish(shopify.SOURCE, result)
+        await self._publish(raw, result, message.value, origin)
 
     async def _release(self, parked: dict[str, Any], lookup: Callable[[str], Customer | None]) -> None:
         """A held webhook, normalized again now that its order is known."""
         value = parked["value"].encode()
         try:
-            result = normalize(decode_raw(value), lookup)
+            raw = decode_raw(value)
+            result = normalize(raw, lookup)
         except RejectedInput as exc:
             await self._dead(exc.reason, exc.detail, value, parked["origin"])
             return
@@ -195,9 +205,17 @@ class Normalizer:
             await self._dead(Reason.PROCESSING_ERROR, "held webhook still awaits its order", value,
                              parked["origin"])
             return
-        await self._publish(shopify.SOURCE, result)
+        await self._publish(raw, result, value, parked["origin"])
 
-    async def _publish(self, source: str, result: Normalized) -> None:
+    async def _publish(self, raw: RawWebhook, result: Normalized, value: bytes,
+                       origin: dict[str, Any]) -> None:
+        try:
+            for event in result.events:  # all or none: one webhook is one snapshot
+                check_time(event, now=raw.received_at, max_future_skew=self.max_future_skew)
+        except RejectedInput as exc:
+            await self._dead(exc.reason, exc.detail, value, origin)
+            return
+        source = raw.source
         if result.unknown_status is not None:
             metrics.UNKNOWN_STATUSES.labels(source).inc()
             # The word, for whoever maps it next (a platform enum, never customer data); the
@@ -241,7 +259,8 @@ def register(runtime: Runtime) -> None:
 
     normalizer = Normalizer(customers=table(SHOPIFY_CUSTOMERS_TABLE), hold=hold,
                             partitions=settings.partitions, join_topic=shopify_join_topic(settings),
-                            emit=emit, rejoin=rejoin, dead_letters=dead_letters)
+                            emit=emit, rejoin=rejoin, dead_letters=dead_letters,
+                            max_future_skew=settings.max_future_skew)
 
     @app.agent(topic(settings.topics.raw, shopify_join_topic(settings)), name="normalize")
     async def normalize_raw(stream: Any) -> AsyncIterator[None]:

@@ -24,12 +24,14 @@ user-agent, the tenant and the platforms' own `x-shopify-*`-style headers), neve
 proxy headers; `RawWebhook` strips the signature headers among them.
 
 `POST /events` takes one canonical event or a list. All or nothing: if any item is invalid the
-answer is 400 listing every rejected item by index with its dead-letter reason, and nothing is
-published, so a producer knows exactly what to fix and resends the batch (event ids make the
-resend idempotent). Valid batches go to `returns.events` keyed by customer key, re-encoded in the
-canonical wire form: 202 with their event ids after the broker acknowledged every one; 413 and
-503 as for webhooks (same body limit). It needs `Authorization: Bearer <RETURNSYNC_EVENTS_API_TOKEN>`;
-with no token configured it is refused (403) outside the dev stack, like an unsigned source.
+answer is 400 listing every rejected item by index with its dead-letter reason (among them what
+Klaviyo would refuse for good: an email it does not accept, a time before 2000 or more than
+RETURNSYNC_MAX_FUTURE_SKEW after the request), and nothing is published, so a producer knows exactly
+what to fix and resends the batch (event ids make the resend idempotent). Valid batches go to
+`returns.events` keyed by customer key, re-encoded in the canonical wire form: 202 with their event
+ids after the broker acknowledged every one; 413 and 503 as for webhooks (same body limit). It needs
+`Authorization: Bearer <RETURNSYNC_EVENTS_API_TOKEN>`; with no token configured it is refused (403)
+outside the dev stack, like an unsigned source.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import hmac
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -52,8 +54,8 @@ from agents.worker.runtime import Runtime
 from streams.adapters.common import TENANT_HEADER
 from streams.codec import encode_event
 from streams.errors import Reason, RejectedInput, Stage
+from streams.events import DEFAULT_MAX_FUTURE_SKEW, ReturnEvent, event_from_dict
 from streams.events import TENANT_PATTERN as TENANT_RULE
-from streams.events import ReturnEvent, event_from_dict
 from streams.raw import RawWebhook, encode_raw, raw_key
 from streams.signatures import proof, verify
 
@@ -151,8 +153,12 @@ def refused_delivery(
     return (key.encode() if key else None), orjson.dumps(envelope)
 
 
-def parse_events(body: bytes) -> list[ReturnEvent]:
-    """One event or a list; raises `Refused` naming every invalid item (all or nothing)."""
+def parse_events(
+    body: bytes, now: datetime, max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW
+) -> list[ReturnEvent]:
+    """One event or a list; raises `Refused` naming every invalid item (all or nothing).
+
+    `now` is the request time: an event dated more than `max_future_skew` after it is refused."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -163,7 +169,7 @@ def parse_events(body: bytes) -> list[ReturnEvent]:
     events, rejected = [], []
     for index, item in enumerate(items):
         try:
-            events.append(event_from_dict(item))
+            events.append(event_from_dict(item, now=now, max_future_skew=max_future_skew))
         except RejectedInput as exc:
             rejected.append({"index": index, "reason": exc.reason.value, "error": exc.detail})
     if rejected:
@@ -257,7 +263,8 @@ def register(runtime: Runtime) -> None:
             started = time.monotonic()
             try:
                 self._authorize(request)
-                events = parse_events(await read_body(request, settings.webhook_max_bytes))
+                body = await read_body(request, settings.webhook_max_bytes)
+                events = parse_events(body, datetime.now(UTC), settings.max_future_skew)
             except Refused as refusal:
                 return refused(self, API_SOURCE, refusal)
             records = [(event.customer_key.encode(), encode_event(event)) for event in events]

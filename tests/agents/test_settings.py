@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +255,12 @@ def test_settings_are_frozen_and_overridable() -> None:
     changed = settings.with_overrides(web_port=7000, topic_prefix="t-")
     assert (changed.web_port, changed.topics.events) == (7000, "t-returns.events")
     assert settings.web_port == 6066
+
+
+def test_max_future_skew_is_seconds_within_klaviyos_year() -> None:
+    assert Settings.from_env({}).max_future_skew == timedelta(hours=1)
+    assert Settings.from_env({"RETURNSYNC_MAX_FUTURE_SKEW": "86400"}).max_future_skew == timedelta(days=1)
+    assert Settings.from_env({"RETURNSYNC_MAX_FUTURE_SKEW": "0"}).max_future_skew == timedelta(0)
+    for bad in ("-1", "31536001", "an hour", "nan"):
+        [line] = error_lines({"RETURNSYNC_MAX_FUTURE_SKEW": bad})
+        assert line.strip().startswith("RETURNSYNC_MAX_FUTURE_SKEW=")

@@ -10,14 +10,17 @@ from typing import Any
 import orjson
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.errors import Reason, RejectedInput
 from streams.events import (
+    DEFAULT_MAX_FUTURE_SKEW,
     DEFAULT_TENANT,
     SOURCES,
     EventType,
     Outcome,
     ReturnEvent,
+    check_time,
     customer_key,
     event_from_dict,
     event_to_dict,
@@ -531,3 +534,126 @@ def test_rejection_carries_reason_and_detail() -> None:
     assert error.detail == "event_id is required"
     assert str(error) == "missing_field: event_id is required"
     assert isinstance(error, ValueError)
+
+
+# --- what Klaviyo would refuse for good (issue 10) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "jösé@exämple.com",  # the reported one: non-ASCII local part and IDN domain
+        "jösé@example.com",  # non-ASCII local part alone
+        "jose@exämple.com",  # IDN domain not in its xn-- form
+        "emma@例え.jp",
+        "emma@example.com.",  # a trailing dot: no such domain label
+        "emma@-example.com",
+        "emma@exa_mple.com",
+        'em"ma@example.com',
+        "em,ma@example.com",
+        "emma\x00@example.com",
+    ],
+)
+def test_email_klaviyo_does_not_accept_is_refused(raw: dict[str, Any], email: str) -> None:
+    raw["customer"] = {"email": email}
+    error = rejected(raw)
+    assert error.reason is Reason.INVALID_FIELD
+    assert "customer.email" in error.detail
+
+
+@pytest.mark.parametrize(
+    ("email", "normalised"),
+    [
+        ("Emma.Johnson+returns@Example.COM", "emma.johnson+returns@example.com"),
+        ("emma@mail.shop.example.co.uk", "emma@mail.shop.example.co.uk"),
+        ("o'brien@example.ie", "o'brien@example.ie"),
+        ("emma@xn--exmple-cua.com", "emma@xn--exmple-cua.com"),  # exämple.com, as Klaviyo takes it
+        ("first_last-1@sub-domain.example.io", "first_last-1@sub-domain.example.io"),
+        ("  A@B.CO ", "a@b.co"),
+    ],
+)
+def test_valid_emails_stay_accepted_and_keys_unchanged(
+    raw: dict[str, Any], email: str, normalised: str
+) -> None:
+    raw["customer"] = {"email": email}
+    event = event_from_dict(raw)
+    assert event.customer.email == normalised
+    assert event.customer_key == f"default/{normalised}"
+
+
+def test_non_ascii_email_says_why(raw: dict[str, Any]) -> None:
+    raw["customer"] = {"email": "jösé@exämple.com"}
+    assert "non-ASCII" in rejected(raw).detail
+
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "reason"),
+    [
+        ("9999-12-31T00:00:00Z", Reason.FUTURE_TIME),  # the reported one
+        ("2026-06-01T13:00:01Z", Reason.FUTURE_TIME),  # one second over the default hour
+        ("2027-06-02T12:00:00Z", Reason.FUTURE_TIME),
+        ("1999-12-31T23:59:59Z", Reason.TIME_OUT_OF_RANGE),
+        ("0001-01-02T00:00:00Z", Reason.TIME_OUT_OF_RANGE),
+    ],
+)
+def test_time_klaviyo_or_the_skew_refuses(raw: dict[str, Any], occurred_at: str, reason: Reason) -> None:
+    raw["occurred_at"] = occurred_at
+    event = event_from_dict(raw)  # without `now` only the object itself is judged
+    with pytest.raises(RejectedInput) as info:
+        check_time(event, now=NOW)
+    assert info.value.reason is reason
+    with pytest.raises(RejectedInput) as again:
+        event_from_dict(raw, now=NOW)
+    assert again.value.reason is reason and again.value.detail == info.value.detail
+    assert "occurred_at" in info.value.detail
+
+
+@pytest.mark.parametrize(
+    "occurred_at", ["2000-01-01T00:00:00Z", "2026-06-01T12:00:00Z", "2026-06-01T13:00:00Z"]
+)
+def test_times_within_the_bounds_pass(raw: dict[str, Any], occurred_at: str) -> None:
+    raw["occurred_at"] = occurred_at
+    event = event_from_dict(raw, now=NOW)
+    assert check_time(event, now=NOW) is event
+
+
+def test_the_skew_is_a_parameter_and_never_beyond_a_klaviyo_year(raw: dict[str, Any]) -> None:
+    raw["occurred_at"] = "2026-06-03T12:00:00Z"  # two days ahead
+    with pytest.raises(RejectedInput):
+        event_from_dict(raw, now=NOW)
+    two_days = timedelta(days=2)
+    assert event_from_dict(raw, now=NOW, max_future_skew=two_days).occurred_at == NOW + two_days
+    raw["occurred_at"] = "2027-06-02T12:00:00Z"  # past Klaviyo's year, even with a larger skew
+    with pytest.raises(RejectedInput) as info:
+        event_from_dict(raw, now=NOW, max_future_skew=timedelta(days=1000))
+    assert info.value.reason is Reason.FUTURE_TIME
+    assert timedelta(hours=1) == DEFAULT_MAX_FUTURE_SKEW
+
+
+@given(offset=st.integers(min_value=-10**9, max_value=10**9), skew=st.integers(min_value=0, max_value=10**7))
+@settings(max_examples=200)
+def test_check_time_is_a_pure_function_of_event_and_now(offset: int, skew: int) -> None:
+    line = (FIXTURES / "refund_single_return.jsonl").read_text().splitlines()[0]
+    event = event_from_dict(orjson.loads(line))
+    now = event.occurred_at + timedelta(seconds=offset)
+    window = timedelta(seconds=skew)
+    outcomes = []
+    for _ in range(2):  # the same inputs always decide the same
+        try:
+            check_time(event, now=now, max_future_skew=window)
+            outcomes.append(None)
+        except RejectedInput as exc:
+            outcomes.append(exc.reason)
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0] is None) == (event.occurred_at <= now + window)
+
+
+@pytest.mark.parametrize("quantity", [1_000_001, 10**30])
+def test_absurd_quantity_is_refused(raw: dict[str, Any], quantity: int) -> None:
+    raw["items"][0]["quantity"] = quantity
+    assert rejected(raw).reason is Reason.INVALID_FIELD
+    raw["items"][0]["quantity"] = 1_000_000
+    assert event_from_dict(raw).items[0].quantity == 1_000_000

@@ -33,7 +33,7 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes
-    timestamp: float | None = 1_780_000_000.0
+    timestamp: float | None = 1_800_000_000.0  # 2027-01-15: after every demo event
 
 
 class Outputs:

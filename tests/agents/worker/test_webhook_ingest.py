@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -25,6 +26,9 @@ from streams.adapters import normalize
 from streams.events import Customer
 from streams.signatures import sign
 from tests.streams.adapter_support import fixture_body, fixture_headers, raw
+
+NOW = datetime(2025, 1, 1, 1, tzinfo=UTC)
+"""When POST /events received a request, in these tests."""
 
 LIMIT = 1000
 
@@ -122,15 +126,34 @@ def test_a_refused_delivery_is_kept_with_its_proof_and_never_a_secret() -> None:
 def test_parse_events_is_all_or_nothing_and_names_every_rejected_item() -> None:
     event = {"event_id": "e1", "type": "refund.issued", "occurred_at": "2025-01-01T00:00:00Z",
              "customer": {"email": "A@B.co"}, "amount": "5.00"}
-    assert [e.event_id for e in parse_events(orjson.dumps(event))] == ["e1"]
-    assert len(parse_events(orjson.dumps([event, {**event, "event_id": "e2"}]))) == 2
+    assert [e.event_id for e in parse_events(orjson.dumps(event), NOW)] == ["e1"]
+    assert len(parse_events(orjson.dumps([event, {**event, "event_id": "e2"}]), NOW)) == 2
     with pytest.raises(Refused) as refused:
-        parse_events(orjson.dumps([event, {"type": "x"}, event, {**event, "amount": "-1"}]))
+        parse_events(orjson.dumps([event, {"type": "x"}, event, {**event, "amount": "-1"}]), NOW)
     assert [(item["index"], item["reason"]) for item in refused.value.rejected or []] == [
         (1, "missing_field"), (3, "invalid_field")]
     for body in (b"[]", b"nope"):
         with pytest.raises(Refused):
-            parse_events(body)
+            parse_events(body, NOW)
+
+
+def test_parse_events_refuses_what_klaviyo_would_refuse_for_good() -> None:
+    event = {"event_id": "e1", "type": "return.requested", "return_id": "R1",
+             "occurred_at": "2025-01-01T00:00:00Z", "customer": {"email": "a@b.co"}}
+    bad = [
+        {**event, "customer": {"email": "jösé@exämple.com"}},
+        {**event, "occurred_at": "9999-12-31T00:00:00Z"},
+        {**event, "occurred_at": "1999-12-31T23:59:59Z"},
+        {**event, "occurred_at": "2025-01-01T02:00:01Z"},  # NOW + 1 h + 1 s
+    ]
+    with pytest.raises(Refused) as refused:
+        parse_events(orjson.dumps([event, *bad]), NOW, timedelta(hours=1))
+    assert refused.value.status == 400
+    assert [(item["index"], item["reason"]) for item in refused.value.rejected or []] == [
+        (1, "invalid_field"), (2, "future_time"), (3, "time_out_of_range"), (4, "future_time")]
+    assert "ASCII" in (refused.value.rejected or [])[0]["error"]
+    assert [e.event_id for e in parse_events(orjson.dumps({**event, "occurred_at": "2025-01-01T02:00:00Z"}),
+                                             NOW, timedelta(hours=1))] == ["e1"], "the skew itself is fine"
 
 
 class FakeTopic:
