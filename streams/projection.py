@@ -2,18 +2,30 @@
 
 Pure: what to send, never how. Money stays `Decimal` here; the Klaviyo client turns it into a
 JSON number at the wire.
+
+Bounded: whatever a customer's history holds, every value sent fits Klaviyo's limits
+(klaviyo-api.md §3: a profile body <= 100 KB, event arrays <= 4000 items, strings <= 100 KB), so
+no input can make a customer unsyncable. The rules (README "What Klaviyo receives"):
+
+- text: every string value at most `MAX_TEXT` characters (cut, never refused).
+- `returns_active_skus`: at most `MAX_PROFILE_SKUS` SKUs and `MAX_PROFILE_SKU_BYTES` bytes of
+  them; when over, the SKUs of the most recently opened active returns are the ones kept.
+- per-item events: the first `MAX_ITEM_EVENTS` items of a `return.requested` get one each.
+- the main event's `Items` lists the first `MAX_LISTED_ITEMS` items and `SKUs` the first
+  `MAX_LISTED_SKUS`; when any item is left out, `ItemLines` says how many lines there were.
+- `external_id` over `MAX_TEXT` characters is not sent: cut, it would name another profile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from streams.events import EventType, ReturnEvent, ReturnItem, format_time
-from streams.state import CustomerState
+from streams.state import CustomerState, ReturnRecord
 
 DEFAULT_METRIC_NAMES: Mapping[str, str] = {
     EventType.RETURN_REQUESTED: "Return Requested",
@@ -31,6 +43,15 @@ DEFAULT_METRIC_NAMES: Mapping[str, str] = {
     "item": "Return Requested Item",
 }
 """Metric per canonical type; `item` names the per-item metric. `item.restocked` sends none."""
+
+MAX_TEXT = 255
+"""Characters of any text value sent (names, reasons, SKUs, ids): far above any real one."""
+MAX_PROFILE_SKUS = 100
+MAX_PROFILE_SKU_BYTES = 10_000
+"""With MAX_TEXT these keep a whole profile body a small fraction of Klaviyo's 100 KB."""
+MAX_ITEM_EVENTS = 50
+MAX_LISTED_ITEMS = 50
+MAX_LISTED_SKUS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +85,12 @@ class KlaviyoEvent:
 
 
 def profile_update(state: CustomerState, config: ProjectionConfig) -> ProfileUpdate:
+    external_id = state.identity.external_id
     return ProfileUpdate(
         email=state.identity.email,
-        external_id=state.identity.external_id,
-        first_name=state.identity.first_name,
-        last_name=state.identity.last_name,
+        external_id=external_id if external_id is None or len(external_id) <= MAX_TEXT else None,
+        first_name=_text(state.identity.first_name),
+        last_name=_text(state.identity.last_name),
         properties=profile_properties(state, config),
     )
 
@@ -76,15 +98,14 @@ def profile_update(state: CustomerState, config: ProjectionConfig) -> ProfileUpd
 def profile_properties(state: CustomerState, config: ProjectionConfig) -> dict[str, Any]:
     """Every property, always: an absent value is None so profile-import clears a stale one."""
     active = state.active_returns
-    active_skus = list(dict.fromkeys(sku for record in active for sku in record.skus))
     last = state.last_return
     values: dict[str, Any] = {
         "active": bool(active),
         "active_count": len(active),
-        "active_skus": active_skus,
-        "last_status": last.status if last else None,
-        "last_outcome": last.outcome if last else None,
-        "last_reason": last.reason if last else None,
+        "active_skus": active_skus(active),
+        "last_status": _text(last.status) if last else None,
+        "last_outcome": _text(last.outcome) if last else None,
+        "last_reason": _text(last.reason) if last else None,
         "last_at": _time(last.status_at) if last else None,
         "count": state.return_count,
         "items_count": state.item_count,
@@ -95,6 +116,20 @@ def profile_properties(state: CustomerState, config: ProjectionConfig) -> dict[s
         "first_return_at": _time(state.first_return_at),
     }
     return {config.property_prefix + name: value for name, value in values.items()}
+
+
+def active_skus(active: Sequence[ReturnRecord]) -> list[str]:
+    """The distinct SKUs of the active returns (oldest first, as `active_returns` orders them),
+    bounded: when they do not all fit, those of the most recently opened returns are kept."""
+    ordered = list(dict.fromkeys(_cut(sku) for record in active for sku in record.skus))
+    kept: set[str] = set()
+    size = 0
+    for sku in dict.fromkeys(_cut(sku) for record in reversed(active) for sku in record.skus):
+        size += len(sku.encode())
+        if len(kept) == MAX_PROFILE_SKUS or size > MAX_PROFILE_SKU_BYTES:
+            break
+        kept.add(sku)
+    return ordered if len(kept) == len(ordered) else [sku for sku in ordered if sku in kept]
 
 
 def klaviyo_events(
@@ -117,6 +152,7 @@ def klaviyo_events(
     if event.type is not EventType.RETURN_REQUESTED:
         return [main]
     item_metric = config.metric_names["item"]
+    # Bounded like `Items`: the main event's ItemLines says how many there were.
     items = [
         KlaviyoEvent(
             email=event.customer.email,
@@ -128,7 +164,7 @@ def klaviyo_events(
             value_currency=event.currency if item.value is not None else None,
             backfill=backfill,
         )
-        for index, item in enumerate(event.items)
+        for index, item in enumerate(event.items[:MAX_ITEM_EVENTS])
     ]
     return [main, *items]
 
@@ -136,28 +172,31 @@ def klaviyo_events(
 def _common_properties(event: ReturnEvent) -> dict[str, Any]:
     return _compact(
         {
-            "ReturnId": event.return_id,
-            "OrderRef": event.order_ref,
+            "ReturnId": _text(event.return_id),
+            "OrderRef": _text(event.order_ref),
             "Source": event.source,
             "Tenant": event.tenant,
             "Status": event.type.status if event.type.is_status else None,
-            "StatusRaw": event.status_raw,
+            "StatusRaw": _text(event.status_raw),
         }
     )
 
 
 def _event_properties(event: ReturnEvent) -> dict[str, Any]:
-    skus = [item.sku for item in event.items if item.sku]
-    reasons = [item.reason for item in event.items if item.reason]
+    skus = [_cut(item.sku) for item in event.items if item.sku]
+    reason = next((item.reason for item in event.items if item.reason), None)
+    listed = event.items[:MAX_LISTED_ITEMS]
+    cut = len(event.items) > min(MAX_LISTED_ITEMS, MAX_ITEM_EVENTS) or len(skus) > MAX_LISTED_SKUS
     return _compact(
         {
             **_common_properties(event),
             "Outcome": event.outcome.value if event.outcome else None,
-            "Reason": reasons[0] if reasons else None,
-            "NewOrderRef": event.new_order_ref,
+            "Reason": _text(reason),
+            "NewOrderRef": _text(event.new_order_ref),
             "ItemCount": sum(item.quantity for item in event.items) or None,
-            "SKUs": skus or None,
-            "Items": [_item_properties(item) for item in event.items] or None,
+            "ItemLines": len(event.items) if cut else None,
+            "SKUs": skus[:MAX_LISTED_SKUS] or None,
+            "Items": [_item_properties(item) for item in listed] or None,
         }
     )
 
@@ -165,17 +204,25 @@ def _event_properties(event: ReturnEvent) -> dict[str, Any]:
 def _item_properties(item: ReturnItem) -> dict[str, Any]:
     return _compact(
         {
-            "SKU": item.sku,
-            "ProductName": item.product_name,
-            "VariantName": item.variant_name,
+            "SKU": _text(item.sku),
+            "ProductName": _text(item.product_name),
+            "VariantName": _text(item.variant_name),
             "Quantity": item.quantity,
             "Value": item.value,
-            "Reason": item.reason,
-            "ReasonParent": item.reason_parent,
-            "Outcome": item.outcome,
-            "NewSKU": item.new_sku,
+            "Reason": _text(item.reason),
+            "ReasonParent": _text(item.reason_parent),
+            "Outcome": _text(item.outcome),
+            "NewSKU": _text(item.new_sku),
         }
     )
+
+
+def _text(value: str | None) -> str | None:
+    return _cut(value) if value is not None else None
+
+
+def _cut(value: str) -> str:
+    return value[:MAX_TEXT]
 
 
 def _compact(values: dict[str, Any]) -> dict[str, Any]:
