@@ -1,6 +1,6 @@
 """A permanent refusal is about one profile state or one event, never the batch: the delivery engine
-against the real sandbox at Klaviyo's real rate limits (no broker: batches are handed in as the
-sync agent hands them, redeliveries included).
+against the real sandbox at Klaviyo's real rate limits (batches handed in as the sync agent hands
+them, redeliveries included), and once through broker and worker.
 
 - A profile too large for Klaviyo is refused before sending: no request, one dead letter per
   state (customer + version), none again when the same state comes back.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -28,10 +28,11 @@ from agents.klaviyo.delivery import Delivery
 from agents.settings import Settings
 from streams.demo import demo_events
 from streams.events import Customer, EventType, ReturnEvent
-from streams.outbox import SyncRecord
+from streams.outbox import SyncRecord, encode_sync_record
 from streams.projection import ProjectionConfig
 from streams.reducer import Applied
 from tests.agents.klaviyo.test_delivery_plan import sync_records
+from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     SANDBOX_KEY,
     SandboxThread,
@@ -39,6 +40,7 @@ from tests.integration.harness import (
     profile_differences,
     wait_until,
 )
+from tests.integration.test_delivery import converged, sync_dead_letters
 
 BIG = Customer(email="big.names@returnsync-demo.com", first_name="F" * 60_000, last_name="L" * 60_000)
 
@@ -234,3 +236,29 @@ def test_a_bulk_batch_refused_for_one_customer_is_split_out_and_never_resent(
     [events_letter] = [letter for letter in letters if "version" not in letter["original"]]
     refused_ids = {body["data"]["attributes"]["unique_id"] for body in events_letter["original"]["request"]}
     assert refused_ids == {key[2] for key in expected.events if key[0] == victim.email}
+
+
+def test_a_worker_refuses_a_too_large_profile_without_a_request_and_delivers_everyone_else(
+    start_worker: WorkerFactory, publish: Callable[..., None], sandbox: SandboxThread,
+    bootstrap_servers: str, prefix: str,
+) -> None:
+    """Through broker and worker: the too-large customer's sync records are written straight to
+    the outbox (as a state the projection's caps would not catch), among ordinary traffic."""
+    ordinary = demo_events(80, seed=45)
+    big = sync_records(credits(BIG, 12, ordinary[-1], "big"))
+    start_worker()
+    publish(ordinary)
+    for record in big:  # one at a time: several batches, several states
+        publish(raw=[(record.customer_key.encode(), encode_sync_record(record))],
+                topic="returnsync-klaviyo-sync")
+    converged(expected_klaviyo(ordinary), sandbox, within=120)
+    wait_until(lambda: sandbox.event_keys() >= expected_klaviyo([r.event for r in big]).events, within=60,
+               what="the big customer's timeline events (nothing wrong with them)")
+    letters = sync_dead_letters(bootstrap_servers, prefix, at_least=1, within=30)
+    assert letters and all(letter["error"].startswith("klaviyo 413: profile of") for letter in letters)
+    versions = [letter["original"]["version"] for letter in letters]
+    assert len(versions) == len(set(versions)), f"one dead letter per state: {versions}"
+    assert set(versions) <= {record.state.version for record in big}
+    assert max(versions) == big[-1].state.version, "its newest state was refused too"
+    assert not [s for s in statuses(sandbox) if s >= 400], "a request was spent on it"
+    assert not sandbox.profiles()[BIG.email]["properties"]
