@@ -37,6 +37,15 @@ from streams.outbox import SyncRecord, decode_sync_record
 
 log = logging.getLogger(__name__)
 PIPELINE_DEPTH = 4
+# A batch takes what the fetcher has, fetch after fetch, while records keep coming (each within
+# FETCH_GAP_SECONDS of the last), for up to the batch window, the batch size or BATCH_BYTES.
+# A quiet topic's record goes at once; a stream of them is one batch per window, so a customer
+# with many changes in it costs one profile write and a bulk event request per window, not a
+# request per change. The per-partition fetch is raised from Kafka's 1 MB: a customer with a long
+# history carries a large state in each sync record, and two or three of them filled a fetch.
+PARTITION_FETCH_BYTES = 4 * 1024 * 1024
+BATCH_BYTES = 16 * 1024 * 1024
+FETCH_GAP_SECONDS = 0.05
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -117,6 +126,7 @@ def register(runtime: Runtime) -> None:
             heartbeat_interval_ms=int(max(0.5, min(3.0, settings.session_timeout / 4)) * 1000),
             # A batch may wait out a long Klaviyo outage before it is acknowledged.
             max_poll_interval_ms=3_600_000,
+            max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
         )
         lag = DeliveryLag()
         pipeline = Pipeline(lambda offsets: _commit(consumer, offsets, lag), PIPELINE_DEPTH)
@@ -162,7 +172,7 @@ async def _deliver_next_batch(
     generation = listener.generation
     # With batches settling, come back soon to commit them rather than waiting out a quiet topic.
     wait = settings.sync_batch_seconds if not len(pipeline) else min(settings.sync_batch_seconds, 0.1)
-    batches = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=settings.sync_batch_size)
+    batches = await _fetch(consumer, settings.sync_batch_size, wait, settings.sync_batch_seconds)
     for tp, batch in batches.items():
         if batch:
             listener.lag.fetched((tp.topic, tp.partition), batch[0].offset, batch[0].timestamp,
@@ -192,6 +202,29 @@ async def _deliver_next_batch(
     finally:
         listener.inflight = None
     pipeline.add({tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}, settled)
+
+
+async def _fetch(
+    consumer: AIOKafkaConsumer, size: int, wait: float, window: float
+) -> dict[TopicPartition, list[Any]]:
+    """The first records within `wait`, then more while they keep coming, for up to `window`."""
+    batches: dict[TopicPartition, list[Any]] = await consumer.getmany(
+        timeout_ms=int(wait * 1000), max_records=size)
+    closes = time.monotonic() + window
+    count = sum(len(batch) for batch in batches.values())
+    size_bytes = sum(len(message.value or b"") for batch in batches.values() for message in batch)
+    while 0 < count < size and size_bytes < BATCH_BYTES:
+        gap = min(FETCH_GAP_SECONDS, closes - time.monotonic())
+        if gap <= 0:
+            break
+        more = await consumer.getmany(timeout_ms=max(1, int(gap * 1000)), max_records=size - count)
+        if not more:
+            break
+        for tp, batch in more.items():
+            batches.setdefault(tp, []).extend(batch)
+            count += len(batch)
+            size_bytes += sum(len(message.value or b"") for message in batch)
+    return batches
 
 
 async def _rewind_to_committed(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:

@@ -33,7 +33,8 @@ class SandboxThread:
     def __init__(self, **options: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server = SandboxServer(api_keys={SANDBOX_KEY: "default"}, **options)
+        # `api_keys` (key -> account) for tests that need more than the one default account.
+        self.server = SandboxServer(**{"api_keys": {SANDBOX_KEY: "default"}, **options})
         self.url = ""
 
     def start(self) -> SandboxThread:

@@ -14,8 +14,12 @@ from agents.klaviyo.bodies import encode, profile_import_body
 from agents.klaviyo.client import KlaviyoRejected
 from agents.klaviyo.plan import (
     BULK_EVENTS_MAX,
+    BULK_EVENTS_MIN,
     BULK_PROFILES_MAX,
+    BULK_RESERVE,
     PAYLOAD_MAX,
+    PROFILE_MAX,
+    Plan,
     bulk_events_request,
     bulk_profiles_request,
     chunk_events,
@@ -31,7 +35,7 @@ from klaviyo_sandbox.rules import consent_fields
 from streams.demo import demo_events
 from streams.events import Customer, EventType, ReturnEvent
 from streams.outbox import CustomerDelivery, SyncRecord, admit, coalesce
-from streams.projection import ProfileUpdate, ProjectionConfig
+from streams.projection import KlaviyoEvent, ProfileUpdate, ProjectionConfig
 from streams.reducer import apply_event
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -64,27 +68,84 @@ def test_bulk_profile_items_clear_with_unset_because_bulk_import_ignores_nulls()
     assert write.single == profile_import_body(update)  # profile-import clears with null itself
     assert write.single["data"]["attributes"]["properties"]["returns_last_reason"] is None
     assert write.version == 4 and write.size == len(encode(write.item)) + 1
+    assert write.single_size == len(encode(write.single))
 
 
 def test_small_batches_go_single_and_large_ones_bulk_by_the_budget_left() -> None:
     writes = profile_writes(deliveries(40))
-    assert plan_profiles(writes, capacity=75) == (writes, [])
-    singles, chunks = plan_profiles(writes, capacity=10)
-    assert singles == [] and [w for chunk in chunks for w in chunk] == writes
+    assert plan_profiles(writes, capacity=75) == Plan(writes, [], [])
+    plan = plan_profiles(writes, capacity=10)
+    assert plan.singles == [] and [w for chunk in plan.chunks for w in chunk] == writes
     events = event_writes(deliveries(40))
     assert len(events) > 40
-    assert plan_events(events, capacity=len(events)) == (events, [])
-    singles_e, chunks_e = plan_events(events, capacity=len(events) - 1)
-    assert singles_e == [] and [w for chunk in chunks_e for w in chunk] == events
+    # No bulk token free now: singles while the budget lets them out.
+    assert plan_events(events, capacity=len(events), bulk_capacity=0) == Plan(events, [], [])
+    over = plan_events(events, capacity=len(events) - 1, bulk_capacity=0)
+    assert over.singles == [] and [w for chunk in over.chunks for w in chunk] == events
 
 
-def test_a_profile_too_big_for_bulk_goes_single_to_get_klaviyos_own_refusal() -> None:
+def test_events_go_bulk_once_enough_of_them_and_the_bulk_budget_is_above_its_reserve() -> None:
+    events = event_writes(deliveries(40))
+    few = events[: BULK_EVENTS_MIN - 1]
+    assert plan_events(few, capacity=350, bulk_capacity=10) == Plan(few, [], [])
+    enough = events[:BULK_EVENTS_MIN]
+    assert plan_events(enough, capacity=350, bulk_capacity=10) == Plan([], [enough], [])
+    # The reserve is for batches that cannot go as singles: these still can.
+    assert plan_events(enough, capacity=350, bulk_capacity=BULK_RESERVE) == Plan(enough, [], [])
+    assert plan_events(enough, capacity=len(enough) - 1, bulk_capacity=0) == Plan([], [enough], [])
+
+
+def test_one_customer_dominating_a_batch_costs_one_profile_write_and_few_event_requests() -> None:
+    """A hot key: hundreds of returns under one shared email, all in one batch."""
+    hot = Customer(email="noemail@store.com")
+    events = [replace(e, customer=hot, event_id=f"hot:{e.event_id}") for e in demo_events(200, seed=5)]
+    ordinary = demo_events(20, seed=6)
+    records = sync_records(sorted([*events, *ordinary], key=lambda e: (e.occurred_at, e.event_id)))
+    delivered = coalesce(records, ProjectionConfig())
+    profiles = plan_profiles(profile_writes(delivered), capacity=75)
+    hot_profiles = [w for w in profiles.singles if w.email == "noemail@store.com"]
+    assert len(hot_profiles) == 1 and not profiles.chunks and not profiles.refused
+    writes = event_writes(delivered)
+    plan = plan_events(writes, capacity=350, bulk_capacity=10)
+    assert plan.singles == [] and not plan.refused
+    assert len(plan.chunks) == -(-len(writes) // BULK_EVENTS_MAX)
+    for chunk in plan.chunks:  # the hot customer's events are one entry of each request
+        entries = event_entries(chunk)
+        assert sum(1 for entry in entries if entry[0].event.email == "noemail@store.com") <= 1
+
+
+def test_a_profile_too_big_for_klaviyo_is_refused_and_never_planned_to_be_sent() -> None:
     big = ProfileUpdate(email="big@shop.example", properties={"returns_active_skus": ["X" * 1000] * 120})
     delivered = [CustomerDelivery("default/big@shop.example", "default", big, [], version=1),
                  *deliveries(5)]
-    singles, chunks = plan_profiles(profile_writes(delivered), capacity=0)
-    assert [w.email for w in singles] == ["big@shop.example"]
-    assert sum(len(chunk) for chunk in chunks) == len(delivered) - 1
+    for capacity in (0, 75):
+        plan = plan_profiles(profile_writes(delivered), capacity=capacity)
+        assert [w.email for w in plan.refused] == ["big@shop.example"]
+        planned = [*plan.singles, *(w for chunk in plan.chunks for w in chunk)]
+        assert len(planned) == len(delivered) - 1 and "big@shop.example" not in {w.email for w in planned}
+    [refused] = plan.refused
+    assert refused.too_large is not None and "exceeds Klaviyo's 100 KB" in refused.too_large
+
+
+def test_a_profile_just_under_the_limit_on_both_endpoints_is_sent() -> None:
+    update = ProfileUpdate(email="edge@shop.example", properties={"returns_last_reason": "r" * 99_000})
+    delivery = CustomerDelivery("default/edge@shop.example", "default", update, [], version=1)
+    [write] = profile_writes([delivery])
+    assert write.too_large is None and write.single_size <= PROFILE_MAX
+    assert plan_profiles([write], capacity=1).singles == [write]
+
+
+def test_an_event_too_big_for_any_request_is_refused_and_the_others_still_go() -> None:
+    big = KlaviyoEvent(email="a@shop.example", metric="Return Requested", unique_id="big", time=NOW,
+                       properties={"Notes": ["n" * 90_000] * 60})
+    small = KlaviyoEvent(email="a@shop.example", metric="Return Requested", unique_id="small", time=NOW,
+                         properties={})
+    update = ProfileUpdate(email="a@shop.example", properties={})
+    writes = event_writes([CustomerDelivery("default/a@shop.example", "default", update, [big, small])])
+    for capacity, bulk in ((350, 0), (0, 10)):
+        plan = plan_events(writes, capacity=capacity, bulk_capacity=bulk)
+        assert [w.event.unique_id for w in plan.refused] == ["big"]
+        assert [w.event.unique_id for w in [*plan.singles, *(w for c in plan.chunks for w in c)]] == ["small"]
 
 
 def test_profile_chunks_respect_count_and_payload_limits() -> None:
