@@ -2,17 +2,21 @@
 
 Used by `returnsync dev`, the integration tests and the benchmarks, so all three exercise the
 same shapes: refunds, exchanges, store credit (some redeemed), cancellations, rejections, open
-returns still in transit, and a few serial returners.
+returns still in transit, and a few serial returners. `serial_returner_events` is one customer's
+long history (thousands of events over years, with redeliveries and reordering) for the state
+size benchmark and the reducer's property tests.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from streams.events import Customer, EventType, Outcome, ReturnEvent, ReturnItem
+from streams.events import DEFAULT_TENANT, Customer, EventType, Outcome, ReturnEvent, ReturnItem
 
 FIRST_NAMES = ("Sarah", "Bill", "Amara", "Jonas", "Mei", "Lucas", "Priya", "Tomás", "Hana", "Olu")
 LAST_NAMES = ("Mason", "Joel", "Okafor", "Berg", "Chen", "Silva", "Patel", "Ruiz", "Sato", "Adeyemi")
@@ -31,6 +35,13 @@ ENDINGS = ("refund", "refund", "exchange", "store_credit", "cancelled", "rejecte
 EPOCH = datetime(2026, 9, 1, tzinfo=UTC)
 # How many returns a customer makes: weights for 1, 2, 3 and 4 returns (mean 1.6).
 RETURNS_WEIGHTS = (60, 25, 10, 5)
+# A serial returner's delivery: the share of events delivered twice (a producer's retry, a
+# platform's webhook redelivery) and the share arriving a few places late.
+REDELIVERED_SHARE = 0.03
+REORDERED_SHARE = 0.05
+# Events per lifecycle, on average, in a serial returner's history (restocks included): sizes
+# the gap between returns so a history spans about the years asked for.
+_EVENTS_PER_LIFECYCLE = 4.9
 
 
 def demo_events(
@@ -80,12 +91,13 @@ def _customer_events(
 
 
 def _return_lifecycle(
-    rng: random.Random, customer: Customer, ident: str, tenant: str
+    rng: random.Random, customer: Customer, ident: str, tenant: str, start: datetime | None = None
 ) -> Iterator[ReturnEvent]:
     source = rng.choice(SOURCES)
     return_id = f"RMA-{ident}"
     order_ref = f"#{1000 + rng.randrange(90000)}"
-    at = EPOCH + timedelta(days=rng.uniform(0, 60), seconds=rng.randrange(86400))
+    # A serial history places its returns itself; the demo's draws stay as they were for a seed.
+    at = start or EPOCH + timedelta(days=rng.uniform(0, 60), seconds=rng.randrange(86400))
     items = tuple(_item(rng) for _ in range(rng.choices((1, 2, 3), weights=(70, 20, 10))[0]))
     value = sum((item.value * item.quantity for item in items if item.value), Decimal(0))
     ending = rng.choice(ENDINGS)
@@ -122,6 +134,63 @@ def _return_lifecycle(
     if ending == "store_credit" and rng.random() < 0.4:
         spent = (value * Decimal(rng.choice(("0.25", "0.5", "1")))).quantize(Decimal("0.01"))
         yield event(EventType.STORE_CREDIT_REDEEMED, rng.uniform(48, 400), amount=spent)
+
+
+def serial_returner_events(
+    email: str, events: int, seed: int = 7, *, tenant: str = DEFAULT_TENANT, years: float = 3.0
+) -> list[ReturnEvent]:
+    """One customer's long history, exactly `events` events in delivery order.
+
+    Hundreds of returns (for thousands of events) through the same lifecycles as the demo
+    (refunds, exchanges, store credit, cancellations, rejections, some still open), started
+    one after another over about `years` years up to the demo epoch and overlapping in time,
+    with restocks of received items. Delivery is imperfect as in production: about 3% of
+    events are delivered twice (the very same event, so a true duplicate: same id, same
+    content) a few to fifty places later, and about 5% arrive a few places late. The last
+    returns may be cut short by `events`, as a real history's newest returns are still open.
+    Pure and deterministic for the same arguments.
+    """
+    if events < 0:
+        raise ValueError("events must be >= 0")
+    rng = random.Random(seed)
+    customer = Customer(email=email, external_id=f"cust_serial_{seed}", first_name="Sam",
+                        last_name="Returner")
+    lifecycles = max(1, math.ceil(events / _EVENTS_PER_LIFECYCLE))
+    gap = timedelta(days=365 * years) / lifecycles
+    began = EPOCH - timedelta(days=365 * years)
+    history: list[ReturnEvent] = []
+    number = 0
+    while len(history) < events:
+        start = began + gap * number + gap * rng.random()
+        lifecycle = list(_return_lifecycle(rng, customer, f"S{seed}-{number}", tenant, start))
+        history.extend(lifecycle)
+        history.extend(_restocks(rng, lifecycle))
+        number += 1
+    history.sort(key=lambda event: (event.occurred_at, event.event_id))
+    return _delivered(rng, history)[:events]
+
+
+def _restocks(rng: random.Random, lifecycle: list[ReturnEvent]) -> Iterator[ReturnEvent]:
+    """The warehouse restocks about half of the received returns, a day or two later."""
+    received = next((event for event in lifecycle if event.type is EventType.RETURN_RECEIVED), None)
+    if received is not None and rng.random() < 0.5:
+        yield replace(
+            received, event_id=f"demo:{received.return_id}:{EventType.ITEM_RESTOCKED.value}",
+            type=EventType.ITEM_RESTOCKED, status_raw=None,
+            occurred_at=received.occurred_at + timedelta(hours=rng.uniform(12, 60)),
+        )
+
+
+def _delivered(rng: random.Random, history: list[ReturnEvent]) -> list[ReturnEvent]:
+    """`history` as a broker delivers it: some events late by a few places, some twice."""
+    placed: list[tuple[float, int, ReturnEvent]] = []
+    for index, event in enumerate(history):
+        late = rng.uniform(1.5, 5) if rng.random() < REORDERED_SHARE else 0.0
+        placed.append((index + late, len(placed), event))
+        if rng.random() < REDELIVERED_SHARE:
+            placed.append((index + rng.uniform(1, 50), len(placed), event))
+    placed.sort(key=lambda entry: entry[:2])
+    return [event for _, _, event in placed]
 
 
 def _item(rng: random.Random) -> ReturnItem:
