@@ -279,7 +279,7 @@ def hostile_requests(customer: str) -> list[Hostile]:
 
 def every_string(value: Any, text: str) -> Any:
     """`value` with `text` added to every string in it (keys kept: the adapters look fields up by name),
-    emails kept addresses and codes kept codes, so the unicode reaches each field rather than failing
+    emails and codes kept as they are, so the unicode reaches each field rather than failing
     the first check."""
     if isinstance(value, dict):
         return {key: every_string(item, text) for key, item in value.items()}
@@ -288,8 +288,7 @@ def every_string(value: Any, text: str) -> Any:
     if not isinstance(value, str) or re.fullmatch(r"[A-Z]{3}|[0-9.:TZ+-]+|(return|refund)\.[a-z_]+", value):
         return value  # currencies, money, times and event types have no unicode form
     if "@" in value:
-        local, _, domain = value.partition("@")
-        return f"{local}{text.split()[0]}@{domain}"
+        return value  # Klaviyo takes ASCII emails only: others are refused (test_poison_inputs.py)
     return f"{value} {text}"
 
 
