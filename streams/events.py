@@ -142,13 +142,11 @@ def normalise_email(email: str) -> str:
 # Parsing: a JSON object from a producer into a ReturnEvent, or a RejectedInput with a reason.
 
 
-def event_from_dict(
-    obj: Any, *, now: datetime | None = None, max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW
-) -> ReturnEvent:
+def event_from_dict(obj: Any) -> ReturnEvent:
     """Validate one canonical event object. Unknown fields are ignored.
 
-    With `now` (the time it is ingested), its time is checked too (`check_time`); without, only
-    what the object alone decides: decoding a record already accepted never depends on a clock.
+    Only what the object alone decides: where an event is ingested, `check_time` is applied with
+    the ingestion time, so decoding a record already accepted never depends on a clock.
     """
     if not isinstance(obj, Mapping):
         raise RejectedInput(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
@@ -177,7 +175,7 @@ def event_from_dict(
     currency = _optional_str(obj, "currency")
     if currency is not None and not _CURRENCY.match(currency):
         raise RejectedInput(Reason.INVALID_FIELD, "currency must be an ISO 4217 code like USD")
-    event = ReturnEvent(
+    return ReturnEvent(
         event_id=event_id,
         type=event_type,
         occurred_at=parse_time(obj.get("occurred_at"), "occurred_at"),
@@ -194,7 +192,6 @@ def event_from_dict(
         new_order_ref=_optional_str(obj, "new_order_ref"),
         backfill=_flag(obj, "backfill"),
     )
-    return event if now is None else check_time(event, now=now, max_future_skew=max_future_skew)
 
 
 def check_time(

@@ -54,7 +54,7 @@ from agents.worker.runtime import Runtime
 from streams.adapters.common import TENANT_HEADER
 from streams.codec import encode_event
 from streams.errors import Reason, RejectedInput, Stage
-from streams.events import DEFAULT_MAX_FUTURE_SKEW, ReturnEvent, event_from_dict
+from streams.events import DEFAULT_MAX_FUTURE_SKEW, ReturnEvent, check_time, event_from_dict
 from streams.events import TENANT_PATTERN as TENANT_RULE
 from streams.raw import RawWebhook, encode_raw, raw_key
 from streams.signatures import proof, verify
@@ -169,7 +169,7 @@ def parse_events(
     events, rejected = [], []
     for index, item in enumerate(items):
         try:
-            events.append(event_from_dict(item, now=now, max_future_skew=max_future_skew))
+            events.append(check_time(event_from_dict(item), now=now, max_future_skew=max_future_skew))
         except RejectedInput as exc:
             rejected.append({"index": index, "reason": exc.reason.value, "error": exc.detail})
     if rejected:

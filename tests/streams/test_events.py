@@ -606,7 +606,7 @@ def test_time_klaviyo_or_the_skew_refuses(raw: dict[str, Any], occurred_at: str,
         check_time(event, now=NOW)
     assert info.value.reason is reason
     with pytest.raises(RejectedInput) as again:
-        event_from_dict(raw, now=NOW)
+        check_time(event_from_dict(raw), now=NOW)
     assert again.value.reason is reason and again.value.detail == info.value.detail
     assert "occurred_at" in info.value.detail
 
@@ -616,19 +616,19 @@ def test_time_klaviyo_or_the_skew_refuses(raw: dict[str, Any], occurred_at: str,
 )
 def test_times_within_the_bounds_pass(raw: dict[str, Any], occurred_at: str) -> None:
     raw["occurred_at"] = occurred_at
-    event = event_from_dict(raw, now=NOW)
+    event = check_time(event_from_dict(raw), now=NOW)
     assert check_time(event, now=NOW) is event
 
 
 def test_the_skew_is_a_parameter_and_never_beyond_a_klaviyo_year(raw: dict[str, Any]) -> None:
     raw["occurred_at"] = "2026-06-03T12:00:00Z"  # two days ahead
     with pytest.raises(RejectedInput):
-        event_from_dict(raw, now=NOW)
+        check_time(event_from_dict(raw), now=NOW)
     two_days = timedelta(days=2)
-    assert event_from_dict(raw, now=NOW, max_future_skew=two_days).occurred_at == NOW + two_days
+    assert check_time(event_from_dict(raw), now=NOW, max_future_skew=two_days).occurred_at == NOW + two_days
     raw["occurred_at"] = "2027-06-02T12:00:00Z"  # past Klaviyo's year, even with a larger skew
     with pytest.raises(RejectedInput) as info:
-        event_from_dict(raw, now=NOW, max_future_skew=timedelta(days=1000))
+        check_time(event_from_dict(raw), now=NOW, max_future_skew=timedelta(days=1000))
     assert info.value.reason is Reason.FUTURE_TIME
     assert timedelta(hours=1) == DEFAULT_MAX_FUTURE_SKEW
 
