@@ -386,6 +386,8 @@ def _flag(obj: Mapping[str, Any], name: str) -> bool:
 
 def _optional_str(obj: Mapping[str, Any], name: str) -> str | None:
     value = obj.get(name)
+    if type(value) is str:  # nearly every field: the fast path of the hottest parser call
+        return value.strip() or None
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):

@@ -14,7 +14,7 @@ Properties the rules keep, and the hypothesis tests check:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -22,6 +22,7 @@ from typing import Any
 
 from streams import digests
 from streams.events import EventType, Outcome, ReturnEvent
+from streams.frozen import replace
 from streams.state import RETURNED_SKUS_LIMIT, STATUS_RANK, CustomerState, Identity, ReturnRecord, Stamp
 
 CLOSED_KEPT = 8

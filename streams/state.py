@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -24,6 +24,7 @@ import orjson
 
 from streams import digests
 from streams.events import Outcome, format_time
+from streams.frozen import replace
 
 ACTIVE_STATUSES = frozenset({"requested", "approved", "in_transit", "received"})
 TERMINAL_STATUSES = frozenset({"closed", "rejected", "cancelled", "expired"})
