@@ -38,6 +38,12 @@ def build_app(settings: Settings, kafka: KafkaConnection, *, broker_is_tansu: bo
         broker_heartbeat_interval=max(0.5, min(3.0, session / 4)),
         broker_rebalance_timeout=session,
         producer_acks=-1,
+        # Each event writes two records (changelog, sync record) of a few KB: with Faust's default
+        # of no linger and 16 KB batches the producer sent a request every few records, and those
+        # socket writes were a fifth of the worker's time. 10 ms of linger and 512 KiB batches
+        # (under a broker's default 1 MB message.max.bytes) made the state agent 30-70% faster.
+        producer_linger=0.010,
+        producer_max_batch_size=512 * 1024,
         producer_max_request_size=settings.max_record_bytes,
         web_enabled=True,
         # Faust's own /table pages answer without the customers token: /table/<table>/<key> served a
