@@ -9,11 +9,13 @@ The same demo events (`streams.demo`), as wire bytes, go through:
 (b) a naive Faust agent (benchmarks/naive_agent.py): parse JSON, one table write per event;
 (c) Quix Streams running the fold (benchmarks/quix_agent.py): RocksDB state with a changelog,
     one output record per event;
-(d) returnsync's state agent (validate, re-key check, reduce, table, outbox).
-(b) to (d) consume the same pre-published `returns.events` from the same embedded broker (or
+(d) returnsync's state agent (validate, re-key check, reduce, table, outbox);
+(e) the floor of any Faust agent (benchmarks/faust_floor_agent.py): iterate the stream, no work.
+(b) to (e) consume the same pre-published `returns.events` from the same embedded broker (or
 KAFKA_BOOTSTRAP_SERVERS). Their throughput is read from Kafka itself: the create timestamps of
 what each one writes per event (the naive agent's table changelog; Quix's output records;
-returnsync's sync records, one per processed event), first to last. Polling the workers would
+returnsync's sync records, one per processed event; the floor agent's one record per 100
+events), first to last. Polling the workers would
 perturb them. returnsync runs with delivery off (RETURNSYNC_DELIVERY_ENABLED=0) so the state
 agent is alone.
 """
@@ -44,11 +46,14 @@ from streams.demo import demo_events
 from streams.reducer import apply_event
 
 PARTITIONS = 4
+FLOOR_EVERY = 100
+"""benchmarks/faust_floor_agent.py's EVERY: it writes one record per this many events."""
 ROWS = (
     ("bare", "(a) bare fold loop (decode, apply_event, encode; no Kafka)"),
     ("naive", "(b) naive Faust agent (json parse + 1 table write per event)"),
     ("quix", "(c) Quix Streams, same fold (RocksDB state, changelog, 1 out/event)"),
     ("returnsync", "(d) returnsync state agent (validate, reduce, table, outbox)"),
+    ("floor", "(e) Faust's floor: iterate the stream, no work"),
 )
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,12 +110,14 @@ def quix_installed() -> bool:
     return True
 
 
-def run(child: ChildProcess, bootstrap: str, topic: str, n: int) -> float:
+def run(child: ChildProcess, bootstrap: str, topic: str, n: int, per_record: int = 1) -> float:
+    """Events/s of `child`, which writes one record to `topic` per `per_record` of the n events."""
     # Created first: a consumer does not see topics created after it started.
     asyncio.run(ensure_topics(KafkaConnection(bootstrap), [topic], PARTITIONS))
     with child:
-        stamps = asyncio.run(write_times(bootstrap, topic, n, within=900, child=child))
-    return n / max((stamps[-1] - stamps[0]) / 1000, 1e-3)
+        stamps = asyncio.run(write_times(bootstrap, topic, n // per_record, within=900, child=child))
+    events_timed = (len(stamps) - 1) * per_record if per_record > 1 else n
+    return events_timed / max((stamps[-1] - stamps[0]) / 1000, 1e-3)
 
 
 def main() -> None:
@@ -130,7 +137,7 @@ def main() -> None:
         records = event_records(events)
         asyncio.run(publish_records(bootstrap, prefix + "returns.events", records))
         results = {"bare": bare_fold_loop(records)}
-        agents = ["naive", "quix", "returnsync"] if quix_installed() else ["naive", "returnsync"]
+        agents = ["naive", *(["quix"] if quix_installed() else []), "returnsync", "floor"]
         for name in agents:
             app_id = f"{prefix}{name}"
             env = worker_env(
@@ -150,8 +157,9 @@ def main() -> None:
             else:
                 script = [sys.executable, str(REPO / "benchmarks" / f"{name}_agent.py")]
                 child = ChildProcess([], env, log, command=script)
-                output = f"{app_id}-naive-changelog" if name == "naive" else f"{app_id}-quix-out"
-                results[name] = run(child, bootstrap, output, len(events))
+                output = f"{app_id}-naive-changelog" if name == "naive" else f"{app_id}-{name}-out"
+                per_record = FLOOR_EVERY if name == "floor" else 1
+                results[name] = run(child, bootstrap, output, len(events), per_record)
         print(
             f"\nmachine: {os.cpu_count()} cores, {cpu_model()}, load {os.getloadavg()[0]:.1f}, "
             f"Python {platform.python_version()}, broker {'external' if external else 'embedded Tansu'}"
