@@ -84,6 +84,14 @@ DEADLETTERS = Counter(
     ["stage", "reason"],
     registry=REGISTRY,
 )
+STATE_WRITE_FAILURES = Counter(
+    "returnsync_state_write_failures_total",
+    "Events not applied because their customer's new state or sync record could not be written "
+    "(record_too_large, state_write_failed); each is also a dead letter.",
+    ["reason"],
+    registry=REGISTRY,
+)
+STATE_WRITE_FAILURE_REASONS = (Reason.RECORD_TOO_LARGE, Reason.STATE_WRITE_FAILED)
 CUSTOMERS_WITH_ACTIVE_RETURN = Gauge(
     "returnsync_customers_with_active_return",
     "Customers in this worker's partitions with at least one open return.",
@@ -201,7 +209,7 @@ DEADLETTER_REASONS: dict[Stage, tuple[Reason, ...]] = {
     ),
     Stage.STATE: (
         Reason.NOT_JSON, Reason.NOT_AN_OBJECT, Reason.MISSING_FIELD, Reason.INVALID_FIELD,
-        Reason.UNKNOWN_TYPE, Reason.UNKNOWN_SOURCE, Reason.PROCESSING_ERROR,
+        Reason.UNKNOWN_TYPE, Reason.UNKNOWN_SOURCE, Reason.PROCESSING_ERROR, *STATE_WRITE_FAILURE_REASONS,
     ),
     Stage.SYNC: (Reason.KLAVIYO_REJECTED, Reason.KLAVIYO_IMPORT_ERROR, Reason.PROCESSING_ERROR),
 }
@@ -228,6 +236,8 @@ def preinitialise() -> None:
     WEBHOOKS_RECEIVED.labels("api", "invalid")
     for since in ("occurred", "ingested"):
         SYNC_LATENCY_SECONDS.labels(since)
+    for reason in STATE_WRITE_FAILURE_REASONS:
+        STATE_WRITE_FAILURES.labels(reason.value)
     for stage, reasons in DEADLETTER_REASONS.items():
         for reason in reasons:
             DEADLETTERS.labels(stage.value, reason.value)

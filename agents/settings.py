@@ -23,6 +23,9 @@ from streams.topics import TopicNames
 
 SOURCES_WITH_SECRETS = ("loop", "redo", "swap", "shopify", "aftership")
 T = TypeVar("T")
+DEFAULT_MAX_STATE_BYTES = 1_000_000
+"""Key + value: under Kafka's default message.max.bytes (1,048,588), with room for the batch's own
+overhead."""
 # Kafka's legal topic characters: the app id and the prefix end up in topic names.
 _KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{0,100}")
 _KAFKA_HINT = "at most 100 of letters, digits, '.', '_', '-'"
@@ -75,6 +78,10 @@ class Settings:
     max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW
     """An event dated later than this after it was received is refused (400 on POST /events,
     dead-lettered `future_time` from Kafka): it would pin its return's status for good."""
+    max_state_bytes: int = DEFAULT_MAX_STATE_BYTES
+    """The largest customer state or sync record the state agent writes (key + value); an event
+    that would make a larger one is dead-lettered `record_too_large` and not applied. Keep it
+    under the broker's message.max.bytes (the changelog and sync topics' max.message.bytes)."""
     keep_refused_webhooks: bool = True
     """Webhooks refused for a missing secret or a bad signature are also kept (dead-letter topic,
     stage webhook), so `returnsync deadletters redrive` can verify them once the secret is right."""
@@ -193,6 +200,8 @@ class Settings:
             max_future_skew=timedelta(seconds=reader.number(
                 "RETURNSYNC_MAX_FUTURE_SKEW", DEFAULT_MAX_FUTURE_SKEW.total_seconds(), float, 0.0,
                 KLAVIYO_MAX_AHEAD.total_seconds())),
+            max_state_bytes=reader.number(
+                "RETURNSYNC_MAX_STATE_BYTES", defaults.max_state_bytes, int, 1024, 64 * 1024 * 1024),
             keep_refused_webhooks=reader.flag("RETURNSYNC_KEEP_REFUSED_WEBHOOKS", True),
             shopify_hold_per_order=reader.number("RETURNSYNC_SHOPIFY_HOLD_PER_ORDER", 50, int, 1, 10_000),
             shopify_hold_max=reader.number("RETURNSYNC_SHOPIFY_HOLD_MAX", 10_000, int, 1, 10_000_000),

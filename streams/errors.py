@@ -22,6 +22,11 @@ class Reason(StrEnum):
     UNSUPPORTED_PAYLOAD = "unsupported_payload"
     KLAVIYO_REJECTED = "klaviyo_rejected"
     KLAVIYO_IMPORT_ERROR = "klaviyo_import_error"
+    RECORD_TOO_LARGE = "record_too_large"
+    """The customer's new state, or its sync record, is over RETURNSYNC_MAX_STATE_BYTES: the event
+    is not applied (the state stays as it was), so a re-drive applies it once the limit allows."""
+    STATE_WRITE_FAILED = "state_write_failed"
+    """The new state or its sync record could not be encoded or written: not applied either."""
     PROCESSING_ERROR = "processing_error"
     """A bug met this input. The record is kept so it can be replayed once fixed."""
     NO_SECRET = "no_secret"  # noqa: S105 - a reason name, not a password

@@ -14,11 +14,12 @@ from typing import Any
 
 from agents import metrics
 from agents.deadletters import DeadLetters
+from agents.settings import DEFAULT_MAX_STATE_BYTES
 from agents.worker.runtime import Runtime
-from streams.codec import decode_event, decode_state, encode_state
+from agents.worker.state_write import StateWrites
+from streams.codec import decode_event, decode_state
 from streams.errors import Reason, RejectedInput, Stage
 from streams.events import DEFAULT_MAX_FUTURE_SKEW, check_time, customer_ref
-from streams.outbox import sync_record_bytes
 from streams.partitioning import expected_partition
 from streams.reducer import Applied, apply_event
 from streams.state import CustomerState, state_from_bytes
@@ -63,9 +64,11 @@ class Fold:
     def __init__(self, table: MutableMapping[bytes, bytes], partitions: int, *,
                  sync: Callable[[bytes, bytes, int], Awaitable[Any]],
                  rekey: Callable[[bytes, bytes], Awaitable[Any]], dead_letters: DeadLetters,
-                 max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW) -> None:
+                 max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW,
+                 max_state_bytes: int = DEFAULT_MAX_STATE_BYTES) -> None:
         self.table, self.partitions, self.skew = table, partitions, max_future_skew
         self.sync, self.rekey, self.dead_letters = sync, rekey, dead_letters
+        self.writes = StateWrites(table, sync, dead_letters, max_state_bytes)
         self.states = DecodedStates()
         self.ingested = metrics.LabelledCounters(metrics.EVENTS_INGESTED)
         self.processed = metrics.LabelledCounters(metrics.EVENTS_PROCESSED)
@@ -91,17 +94,13 @@ class Fold:
         before = self.states.get(key, stored)
         result = apply_event(before, event)
         self.processed.inc(event.type.value, result.applied.value)
-        if result.applied is Applied.DUPLICATE:
-            state_bytes = stored if stored is not None else encode_state(result.state)
-        else:
-            state_bytes = encode_state(result.state)
-            self.table[key] = state_bytes
+        # The state and its sync record, written together or (dead-lettered) not at all.
+        state_bytes = await self.writes.write(key, stored, result, message, _ingested_at(message))
+        if state_bytes is None:
+            return
+        if result.applied is not Applied.DUPLICATE:
             self.states.put(key, state_bytes, result.state)
             _count_active(before, result.state)
-        # Re-sent for duplicates too: if a crash fell between the table write and this send, the
-        # redelivered event is the only chance to deliver it; Klaviyo dedupes by unique_id.
-        record = sync_record_bytes(state_bytes, message.value, result.applied, _ingested_at(message))
-        await self.sync(key, record, partition)
         if log.isEnabledFor(logging.DEBUG):  # customer_ref hashes: only when it is logged
             log.debug("applied event=%s customer=%s result=%s", event.event_id,
                       customer_ref(event.customer_key), result.applied.value)
@@ -124,7 +123,8 @@ def register(runtime: Runtime) -> None:
 
     dead_letters = DeadLetters(lambda key, record: runtime.deadletter.send(key=key, value=record))
     fold = Fold(table, runtime.settings.partitions, sync=sync, rekey=rekey, dead_letters=dead_letters,
-                max_future_skew=runtime.settings.max_future_skew)
+                max_future_skew=runtime.settings.max_future_skew,
+                max_state_bytes=runtime.settings.max_state_bytes)
 
     @app.agent(runtime.events, name="state")
     async def state(stream: Any) -> None:

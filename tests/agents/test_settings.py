@@ -264,3 +264,11 @@ def test_max_future_skew_is_seconds_within_klaviyos_year() -> None:
     for bad in ("-1", "31536001", "an hour", "nan"):
         [line] = error_lines({"RETURNSYNC_MAX_FUTURE_SKEW": bad})
         assert line.strip().startswith("RETURNSYNC_MAX_FUTURE_SKEW=")
+
+
+def test_max_state_bytes_defaults_under_kafkas_message_limit_and_is_bounded() -> None:
+    assert Settings.from_env({}).max_state_bytes == 1_000_000 < 1_048_588  # Kafka's message.max.bytes
+    assert Settings.from_env({"RETURNSYNC_MAX_STATE_BYTES": "6000"}).max_state_bytes == 6000
+    for bad in ("1023", "67108865", "1 MB"):
+        [line] = error_lines({"RETURNSYNC_MAX_STATE_BYTES": bad})
+        assert line.strip().startswith("RETURNSYNC_MAX_STATE_BYTES=")

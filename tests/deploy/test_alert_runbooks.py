@@ -35,6 +35,7 @@ ALERTS = {
     "ReturnsyncKlaviyoAuthFailed",
     "ReturnsyncKlaviyoRateLimited",
     "ReturnsyncDeadLetterSpike",
+    "ReturnsyncStateWriteFailed",
     "ReturnsyncSyncGap",
     "ReturnsyncReconcileDrift",
     "ReturnsyncWorkerDown",
