@@ -10,7 +10,7 @@ The same demo events (`streams.demo`), as wire bytes, go through:
 (c) Quix Streams running the fold (benchmarks/quix_agent.py): RocksDB state with a changelog,
     one output record per event;
 (d) returnsync's state agent (validate, re-key check, reduce, table, outbox);
-(e) the floor of any Faust agent (benchmarks/faust_floor_agent.py): iterate the stream, no work.
+(e) the floor of any Faust agent (benchmarks/floor_agent.py): iterate the stream, no work.
 (b) to (e) consume the same pre-published `returns.events` from the same embedded broker (or
 KAFKA_BOOTSTRAP_SERVERS). Their throughput is read from Kafka itself: the create timestamps of
 what each one writes per event (the naive agent's table changelog; Quix's output records;
@@ -47,7 +47,7 @@ from streams.reducer import apply_event
 
 PARTITIONS = 4
 FLOOR_EVERY = 100
-"""benchmarks/faust_floor_agent.py's EVERY: it writes one record per this many events."""
+"""benchmarks/floor_agent.py's EVERY: it writes one record per this many events."""
 ROWS = (
     ("bare", "(a) bare fold loop (decode, apply_event, encode; no Kafka)"),
     ("naive", "(b) naive Faust agent (json parse + 1 table write per event)"),

@@ -1,6 +1,6 @@
 """The floor of any Faust agent: iterate the stream and do nothing with the events.
 
-Run by benchmarks/state_agent_throughput.py as `python benchmarks/faust_floor_agent.py`,
+Run by benchmarks/state_agent_throughput.py as `python benchmarks/floor_agent.py`,
 configured through the same environment variables as a worker. What each event costs here
 (fetch, Faust's conductor and stream, acknowledgement) every Faust agent pays before its own
 work. So the benchmark can time it from Kafka like the others, it writes one small record to
