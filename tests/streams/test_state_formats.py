@@ -4,7 +4,8 @@ returnsync carries on from it, and writes the current format.
 `tests/fixtures/state_format_1/` holds table values written by returnsync at commit 137f813
 (format 1: JSON only, the last 1,000 event ids): one per canonical fixture, and one for
 `serial_history(1200)`. They were made by running that commit's `streams.reducer.reduce_events`
-and `streams.codec.encode_state` over those events.
+and `streams.codec.encode_state` over those events. `tests/fixtures/state_format_2/` holds the
+same, written by commit 0ed3562 (format 2: bounded, digests after the JSON, stamps in full).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from streams.state import FORMAT, CustomerState
 from tests.streams.strategies import event, fixture_names, load_fixture, serial_history
 
 FORMAT_1 = Path(__file__).parent.parent / "fixtures" / "state_format_1"
+FORMAT_2 = Path(__file__).parent.parent / "fixtures" / "state_format_2"
 CONFIG = ProjectionConfig()
 
 
@@ -82,3 +84,34 @@ def test_an_upgraded_long_history_settles_to_a_bounded_state_on_its_next_event()
     assert after.return_count == upgraded.return_count + 1
     assert {record.return_id for record in after.active_returns} >= {"after-upgrade"}
     assert len(encode_state(after)) < before / 4
+
+
+def format_2(name: str) -> bytes:
+    return (FORMAT_2 / f"{name}.bin").read_bytes()
+
+
+def test_every_history_has_its_format_2_value() -> None:
+    assert {path.stem for path in FORMAT_2.glob("*.bin")} == {name for name, _ in histories()}
+    for name, _ in histories():
+        assert orjson.loads(format_2(name).partition(b"\n")[0])["format"] == 2
+
+
+@pytest.mark.parametrize(("name", "events"), histories(), ids=[name for name, _ in histories()])
+def test_a_format_2_state_is_the_same_state(name: str, events: list[ReturnEvent]) -> None:
+    # Format 3 changed only how records are written, so nothing may be lost or differ.
+    assert decode_state(format_2(name)) == reduce_events(events)
+
+
+@pytest.mark.parametrize(("name", "events"), histories(), ids=[name for name, _ in histories()])
+def test_a_format_2_state_carries_on_as_the_current_one(name: str, events: list[ReturnEvent]) -> None:
+    upgraded = decode_state(format_2(name))
+    assert upgraded is not None
+    for old in events:  # everything it had applied stays applied: a replay changes nothing
+        result = apply_event(upgraded, old)
+        # (a status event of a settled return is out of order rather than a duplicate)
+        assert result.applied in (Applied.DUPLICATE, Applied.OUT_OF_ORDER), old.event_id
+        assert result.state == upgraded, old.event_id
+    stored = encode_state(upgraded)
+    assert orjson.loads(stored.partition(b"\n")[0])["format"] == FORMAT == 3
+    assert decode_state(stored) == upgraded
+    assert len(stored) < len(format_2(name))
