@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from klaviyo_sandbox import data_sources
 from klaviyo_sandbox.api import ENDPOINTS
 from klaviyo_sandbox.faults import FaultBook, FaultError
 from klaviyo_sandbox.merge import normalise_email
@@ -82,6 +83,7 @@ class SandboxAdmin:
             web.post(f"{PREFIX}/profiles", self.plant_profile),
             web.get(f"{PREFIX}/events", self.events),
             web.get(f"{PREFIX}/jobs", self.jobs),
+            web.get(f"{PREFIX}/data-sources", self.data_sources),
             web.get(f"{PREFIX}/requests", self.requests),
             web.get(f"{PREFIX}/counts", self.counts),
             web.get(f"{PREFIX}/violations", self.violations),
@@ -148,6 +150,14 @@ class SandboxAdmin:
             for job in account.jobs.values()
         ]})
 
+    async def data_sources(self, request: web.Request) -> web.Response:
+        """Every data source with its ingested records; `key=FIELD` adds the latest record per
+        value of FIELD (what an object type identified by FIELD shows)."""
+        account = self._account(request.query.get("account"))
+        key = request.query.get("key")
+        sources = account.data_sources.values()
+        return _json({"data": [data_sources.inspect(source, key) for source in sources]})
+
     async def requests(self, request: web.Request) -> web.Response:
         account = request.query.get("account")
         records = [asdict(r) for r in self._store.requests if account is None or r.account == account]
@@ -168,6 +178,7 @@ class SandboxAdmin:
             "profiles": len(account.profiles),
             "events": len(account.events),
             "jobs": len(account.jobs),
+            "data_source_records": sum(len(source.records) for source in account.data_sources.values()),
             "requests": _request_counts(log),
             "violations": len(self._store.violations),
         }})
