@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from streams import digests
-from streams.events import Outcome, format_time
+from streams.events import Outcome, ReturnItem, format_time
 from streams.frozen import replace
 
 ACTIVE_STATUSES = frozenset({"requested", "approved", "in_transit", "received"})
@@ -64,6 +64,15 @@ class ReturnRecord:
     details_version: Mapping[str, Stamp] = field(default_factory=dict)
     """Stamp per detail: `items` (skus, item_count), `reason`, `value`, `order_ref`."""
     outcomes: frozenset[str] = frozenset()
+    source: str | None = None
+    """The platform it came from (`loop`, `redo`, ... `api`), from the newest event naming it."""
+    currency: str | None = None
+    items: tuple[ReturnItem, ...] = ()
+    """The item lines of the newest status event carrying them, the first
+    `streams.reducer.RETURN_ITEMS_KEPT` (text cut like the projection's); `item_count` counts all."""
+    refund_total: Decimal = Decimal(0)
+    store_credit_total: Decimal = Decimal(0)
+    """Refunds and store credit issued for this return (each fact once, like the state's totals)."""
     fact_ids: frozenset[str] = frozenset()
     repeated_ids: frozenset[str] = frozenset()
     """Status events that found the return already in their status: another snapshot of it
@@ -301,6 +310,11 @@ def _record_to_dict(record: ReturnRecord) -> dict[str, Any]:
         "outcomes": sorted(record.outcomes),
         "fact_ids": sorted(record.fact_ids),
         "repeated_ids": sorted(record.repeated_ids),
+        "source": record.source,
+        "currency": record.currency,
+        "items": [_item_out(item) for item in record.items],
+        "refund_total": str(record.refund_total),
+        "store_credit_total": str(record.store_credit_total),
     }
 
 
@@ -325,6 +339,32 @@ def _record_from_dict(data: Mapping[str, Any]) -> ReturnRecord:
         fact_ids=frozenset(data["fact_ids"]),
         # Absent from states written before repeats were told apart.
         repeated_ids=frozenset(data.get("repeated_ids", ())),
+        # Absent from states written before returns kept their lines and money (custom objects).
+        source=data.get("source"),
+        currency=data.get("currency"),
+        items=tuple(_item_in(item) for item in data.get("items", ())),
+        refund_total=Decimal(data.get("refund_total", "0")),
+        store_credit_total=Decimal(data.get("store_credit_total", "0")),
+    )
+
+
+def _item_out(item: ReturnItem) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "sku": item.sku, "product_name": item.product_name, "variant_name": item.variant_name,
+        "quantity": item.quantity, "value": str(item.value) if item.value is not None else None,
+        "reason": item.reason, "reason_parent": item.reason_parent, "outcome": item.outcome,
+        "new_sku": item.new_sku,
+    }
+    return {name: value for name, value in out.items() if value is not None}
+
+
+def _item_in(data: Mapping[str, Any]) -> ReturnItem:
+    value = data.get("value")
+    return ReturnItem(
+        sku=data.get("sku"), product_name=data.get("product_name"), variant_name=data.get("variant_name"),
+        quantity=data.get("quantity", 1), value=Decimal(value) if value is not None else None,
+        reason=data.get("reason"), reason_parent=data.get("reason_parent"), outcome=data.get("outcome"),
+        new_sku=data.get("new_sku"),
     )
 
 
