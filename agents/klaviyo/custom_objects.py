@@ -163,18 +163,29 @@ class DataSources:
 class ReturnObjects:
     """Writes return records for the delivery engine (agents/klaviyo/delivery.py)."""
 
-    def __init__(self, title: str, refused: Refused, known: rejections.Known) -> None:
+    def __init__(
+        self, title: str, refused: Refused, known: rejections.Known, *, rebuild: bool = False
+    ) -> None:
+        """`rebuild` (a replay): a delivery writes every return its newest state holds, not only
+        those its events touched: a replay sends a customer's final state once, with its first
+        record, and the later records, older by the floor, write nothing."""
         self.sources = DataSources(title)
         self._refused = refused
         self.known = known
+        self.rebuild = rebuild
+
+    def records_of(self, delivery: CustomerDelivery) -> list[ObjectRecord]:
+        if self.rebuild:
+            return all_return_records(max(delivery.records, key=lambda record: record.state.version).state)
+        return touched_records(delivery)
 
     async def write_deliveries(self, channel: HasClient, deliveries: Sequence[CustomerDelivery]) -> None:
         for delivery in deliveries:
             if any(record.applied is Applied.DUPLICATE for record in delivery.records):
                 # Handed on again on purpose (a re-drive): a refused record is tried again.
-                for record in touched_records(delivery):
+                for record in self.records_of(delivery):
                     self.known.forget_event(("record", record.key, record.version))
-        await self.write(channel, [record for delivery in deliveries for record in touched_records(delivery)])
+        await self.write(channel, [record for delivery in deliveries for record in self.records_of(delivery)])
 
     async def write(self, channel: HasClient, records: Sequence[ObjectRecord]) -> None:
         known = self.known

@@ -68,16 +68,18 @@ class Delivery:
         dead_letters: DeadLetterSink,
         versions: VersionStore | None = None,
         custom_objects_title: str | None = None,
+        rebuild_records: bool = False,
     ) -> None:
         """`custom_objects_title`: also keep one custom-object record per return, in the data
-        source of that title (agents/klaviyo/custom_objects.py); None writes none."""
+        source of that title (agents/klaviyo/custom_objects.py); None writes none.
+        `rebuild_records` (replay): write all of a customer's returns with its newest state."""
         self.channels = channels
         self.config = config
         self.dead_letters = dead_letters
         self.versions: VersionStore = versions if versions is not None else MemoryVersions()
         self.known = rejections.Known()
-        self.objects = (ReturnObjects(custom_objects_title, self._rejected, self.known)
-                        if custom_objects_title is not None else None)
+        self.objects = None if custom_objects_title is None else ReturnObjects(
+            custom_objects_title, self._rejected, self.known, rebuild=rebuild_records)
         # Bulk imports between "Klaviyo accepted" and "job id recorded": a cancelled batch must
         # not leave a job running that no floor knows about, so these run to the end (shielded).
         self._recording_jobs: set[asyncio.Future[str]] = set()

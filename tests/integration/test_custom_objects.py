@@ -1,7 +1,8 @@
 """Returns as Klaviyo custom objects, end to end: a worker with RETURNSYNC_CUSTOM_OBJECTS=true
 over the real broker and the real sandbox keeps one record per return in step with the state,
 finds its data source again after a restart, never lets an older state overwrite a newer record;
-and a worker with the default (off) sends nothing to those endpoints."""
+a replay rebuilds every record; and a worker with the default (off) sends nothing to those
+endpoints."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import SandboxThread, expected_klaviyo, wait_until
 from tests.integration.test_delivery import converged, sandbox_for
 from tests.integration.test_delivery_versions import SYNC_TOPIC, marker
+from tests.integration.test_replay import cli_env, returnsync
 
 ON = {"RETURNSYNC_CUSTOM_OBJECTS": "true"}
 TITLE = "returnsync returns"
@@ -185,3 +187,23 @@ def test_off_by_default_nothing_goes_to_the_custom_object_endpoints(
     touched = {r["path"] for r in sandbox.admin("GET", "requests") if "data-source" in r["path"]}
     assert touched == set()
     assert data_sources(sandbox) == []
+
+
+def test_replay_rebuilds_every_record_from_the_final_states(
+    publish: Callable[..., None], sandbox: SandboxThread, bootstrap_servers: str, prefix: str,
+) -> None:
+    events = demo_events(40, seed=45)
+    publish(events)
+    env = {**cli_env(bootstrap_servers, sandbox, prefix), **ON}
+    done = returnsync(["replay", "--from-beginning", "--batch-size", "50"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    assert record_differences(sandbox, expected_records(events)) == []
+    final = {state.customer_key: state.version for state in expected_klaviyo(events).states.values()}
+    stored = [stored["record"] for source in data_sources(sandbox) for stored in source["records"]]
+    assert len(stored) == len(expected_records(events)), "one record per return, each written once"
+    assert all(record["version"] == final[f"default/{record['email']}"] for record in stored)
+
+    again = returnsync(["replay", "--from-beginning"], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sum(len(source["records"]) for source in data_sources(sandbox)) == len(stored)
