@@ -72,6 +72,8 @@ ENDPOINTS = {
         Endpoint("bulk_create_data_source_records", "POST", "/api/data-source-record-bulk-create-jobs",
                  4_000_000),
         Endpoint("create_data_source_record", "POST", "/api/data-source-record-create-jobs", 4_000_000),
+        Endpoint("get_object_types", "GET", "/api/object-types", None),
+        Endpoint("get_records_for_object_type", "GET", "/api/object-types/{id}/object-records", None),
     )
 }
 
@@ -118,6 +120,8 @@ class KlaviyoApi:
             "delete_data_source": self.delete_data_source,
             "bulk_create_data_source_records": self.bulk_create_records,
             "create_data_source_record": self.create_record,
+            "get_object_types": self.get_object_types,
+            "get_records_for_object_type": self.get_object_records,
         }
 
     def _account(self, request: web.Request) -> Account:
@@ -250,3 +254,22 @@ class KlaviyoApi:
     async def create_record(self, request: web.Request) -> web.Response:
         set_items(request, data_sources.ingest(self._account(request), request[EXCHANGE].body, bulk=False))
         return web.Response(status=204)
+
+    async def get_object_types(self, request: web.Request) -> web.Response:
+        account = self._account(request)
+        page, links = paginate(request, list(account.object_types.values()))
+        set_items(request, len(page))
+        base = base_url(request)
+        found = [data_sources.object_type_resource(object_type, base) for object_type in page]
+        return api_response({"data": found, "links": links})
+
+    async def get_object_records(self, request: web.Request) -> web.Response:
+        account = self._account(request)
+        object_type = account.object_types.get(request.match_info["id"])
+        if object_type is None:
+            raise ApiError.single(404, "No object type with this id.", parameter="id")
+        page, links = paginate(request, data_sources.object_records(account, object_type))
+        set_items(request, len(page))
+        base = base_url(request)
+        return api_response({"data": [data_sources.object_record_resource(object_type, key, record, base)
+                                      for key, record in page], "links": links})

@@ -4,6 +4,8 @@ A data source is a named inbox of records; Klaviyo turns its records into object
 object type the merchant maps in the UI (which field identifies an object, how it links to a
 profile). The API only ingests, so the sandbox keeps every ingested record in arrival order and
 lets tests read them (`/_sandbox/data-sources`), including the latest per identifying field.
+An object type (the merchant's mapping) is made through `/_sandbox/object-types`; its objects are
+then read as Klaviyo serves them (`GET /api/object-types/{id}/object-records`).
 Both record endpoints answer 204 with no job to poll, like Klaviyo's.
 """
 
@@ -18,7 +20,7 @@ from aiohttp import web
 from klaviyo_sandbox.errors import ApiError, invalid
 from klaviyo_sandbox.payloads import check_schema
 from klaviyo_sandbox.resources import base_url, paginate
-from klaviyo_sandbox.store import Account, DataSource, DataSourceRecord, new_id, now_iso
+from klaviyo_sandbox.store import Account, DataSource, DataSourceRecord, ObjectType, new_id, now_iso
 
 logger = logging.getLogger("returnsync.sandbox")
 BULK_RECORDS_MAX = 500
@@ -102,3 +104,41 @@ def inspect(source: DataSource, key: str | None) -> dict[str, Any]:
     if key is not None:
         shown["latest"] = source.latest(key)
     return shown
+
+
+# --- object types: the merchant's mapping, read back -----------------------------------------
+
+
+def add_object_type(account: Account, title: str, data_source_id: str, key: str) -> ObjectType:
+    """What the merchant's setup in the UI makes (the sandbox's admin API stands in for it)."""
+    if data_source_id not in account.data_sources:
+        raise KeyError(data_source_id)
+    object_type = ObjectType(new_id(), title, data_source_id, key, now_iso())
+    account.object_types[object_type.id] = object_type
+    return object_type
+
+
+def object_type_resource(object_type: ObjectType, base: str) -> dict[str, Any]:
+    return {
+        "type": "object-type",
+        "id": object_type.id,
+        "attributes": {"title": object_type.title, "description": "", "status": "active",
+                       "namespace": "custom-objects", "created_at": object_type.created_at,
+                       "updated_at": object_type.created_at},
+        "links": {"self": f"{base}/api/object-types/{object_type.id}/"},
+    }
+
+
+def object_records(account: Account, object_type: ObjectType) -> list[tuple[str, dict[str, Any]]]:
+    """The objects: the latest record ingested per value of the type's key, in key order."""
+    source = account.data_sources.get(object_type.data_source_id)
+    latest = source.latest(object_type.key) if source is not None else {}
+    return sorted(latest.items())
+
+
+def object_record_resource(
+    object_type: ObjectType, key: str, record: dict[str, Any], base: str
+) -> dict[str, Any]:
+    record_id = f"{object_type.id}:::{key}"
+    return {"type": "object-record", "id": record_id, "attributes": {"record_properties": record},
+            "links": {"self": f"{base}/api/object-records/{record_id}/"}}

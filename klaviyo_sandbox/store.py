@@ -147,12 +147,25 @@ class DataSource:
 
 
 @dataclass
+class ObjectType:
+    """What a merchant sets up in Klaviyo's UI over a data source: which record field identifies
+    an object. Record fields map to object properties under the same names."""
+
+    id: str
+    title: str
+    data_source_id: str
+    key: str
+    created_at: str
+
+
+@dataclass
 class Account:
     name: str
     profiles: dict[str, Profile] = field(default_factory=dict)
     events: list[EventRecord] = field(default_factory=list)
     jobs: dict[str, ImportJob] = field(default_factory=dict)
     data_sources: dict[str, DataSource] = field(default_factory=dict)
+    object_types: dict[str, ObjectType] = field(default_factory=dict)
     _index: dict[str, dict[str, str]] = field(default_factory=lambda: {name: {} for name in INDEXED})
     _event_keys: set[tuple[str, str, str]] = field(default_factory=set)
 

@@ -41,6 +41,8 @@ OPERATIONS = (
     "delete_data_source",
     "bulk_create_data_source_records",
     "create_data_source_record",
+    "get_object_types",
+    "get_records_for_object_type",
 )
 
 # Only keywords the sandbox validator acts on survive; descriptions and examples would

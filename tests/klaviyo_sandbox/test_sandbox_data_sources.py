@@ -150,3 +150,25 @@ async def test_bulk_records_are_rate_limited_at_the_spec_limits() -> None:
             assert statuses[3] == 429
     finally:
         await server.stop()
+
+
+async def test_an_object_type_over_the_source_serves_the_latest_record_per_key(
+    client: httpx.AsyncClient,
+) -> None:
+    source_id = await create_source(client)
+    await client.post("/api/data-source-record-bulk-create-jobs", json=bulk_body(
+        source_id, [{"id": "t/r1", "status": "requested"}, {"id": "t/r2", "status": "requested"}]))
+    await client.post("/api/data-source-record-create-jobs",
+                      json=single_body(source_id, {"id": "t/r1", "status": "closed"}))
+    made = await client.post("/_sandbox/object-types", json={"title": "Return", "data_source": source_id,
+                                                             "key": "id"})
+    assert made.status_code == 201, made.text
+    types = (await client.get("/api/object-types")).json()["data"]
+    assert [(t["id"], t["attributes"]["title"]) for t in types] == [(made.json()["data"]["id"], "Return")]
+    first = await client.get(f"/api/object-types/{types[0]['id']}/object-records", params={"page[size]": 1})
+    assert first.status_code == 200, first.text
+    second = await client.get(first.json()["links"]["next"])
+    records = [*first.json()["data"], *second.json()["data"]]
+    assert [(r["id"].split(":::")[1], r["attributes"]["record_properties"]["status"]) for r in records] == [
+        ("t/r1", "closed"), ("t/r2", "requested")]
+    assert (await client.get("/api/object-types/nope/object-records")).status_code == 404

@@ -42,6 +42,8 @@ def test_catalog_has_every_endpoint_with_oas_rate_limits() -> None:
         "delete_data_source": (3, 60),
         "bulk_create_data_source_records": (3, 15),
         "create_data_source_record": (75, 750),
+        "get_object_types": (3, 60),
+        "get_records_for_object_type": (3, 60),
         "bulk_import_profiles": (10, 150),
         "get_bulk_import_profiles_job": (10, 150),
         "get_errors_for_bulk_import_profiles_job": (10, 150),
