@@ -104,6 +104,8 @@ class Settings:
     """Also keep one Klaviyo custom-object record per return (needs the custom-objects:write scope)."""
     custom_objects_title: str = "returnsync returns"
     """The title of the data source those records go to: found by it again, never created twice."""
+    custom_objects_type: str = "Return"
+    """The title of the object type the merchant mapped over it: drift reports read records there."""
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
 
     @property
@@ -227,6 +229,9 @@ class Settings:
             custom_objects_title=reader.matching(
                 "RETURNSYNC_CUSTOM_OBJECTS_TITLE", defaults.custom_objects_title, _TITLE,
                 "1 to 255 characters (a Klaviyo data source title)"),
+            custom_objects_type=reader.matching(
+                "RETURNSYNC_CUSTOM_OBJECTS_TYPE", defaults.custom_objects_type, _TITLE,
+                "1 to 255 characters (a Klaviyo object type title)"),
             projection=projection,
         )
         reader.raise_if_errors()

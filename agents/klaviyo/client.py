@@ -135,10 +135,21 @@ class KlaviyoClient:
 
     async def data_sources(self) -> list[dict[str, Any]]:
         """Every data source of the account (custom objects), all pages."""
+        return await self._pages("data-sources", "/api/data-sources?page[size]=100")
+
+    async def object_types(self) -> list[dict[str, Any]]:
+        return await self._pages("object-types", "/api/object-types")
+
+    async def object_records(self, object_type_id: str) -> list[dict[str, Any]]:
+        """Every object of an object type, all pages (100 a request)."""
+        path = f"/api/object-types/{quote(object_type_id, safe='')}/object-records?page[size]=100"
+        return await self._pages("object-records", path)
+
+    async def _pages(self, endpoint: str, first: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
-        path: str | None = "/api/data-sources?page[size]=100"
+        path: str | None = first
         while path is not None:
-            page = orjson.loads((await self.send("data-sources", "GET", path, None)).content)
+            page = orjson.loads((await self.send(endpoint, "GET", path, None)).content)
             found.extend(page.get("data") or [])
             following = (page.get("links") or {}).get("next")
             path = httpx.URL(following).raw_path.decode() if following else None

@@ -66,6 +66,9 @@ KLAVIYO_LIMITS: Mapping[str, Limit] = {
     "data-sources": Limit(3, 60),
     "data-source-record-create-jobs": Limit(75, 700),
     "data-source-record-bulk-create-jobs": Limit(3, 15),
+    # ... and their objects, read back for drift reports.
+    "object-types": Limit(3, 60),
+    "object-records": Limit(3, 60),
 }
 
 

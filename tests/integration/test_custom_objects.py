@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -21,7 +22,7 @@ from streams.outbox import SyncRecord, encode_sync_record
 from streams.return_records import all_return_records
 from tests.agents.klaviyo.test_delivery_plan import sync_records
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import SandboxThread, expected_klaviyo, wait_until
+from tests.integration.harness import SANDBOX_KEY, SandboxThread, expected_klaviyo, wait_until
 from tests.integration.test_delivery import converged, sandbox_for
 from tests.integration.test_delivery_versions import SYNC_TOPIC, marker
 from tests.integration.test_replay import cli_env, returnsync
@@ -207,3 +208,52 @@ def test_replay_rebuilds_every_record_from_the_final_states(
     again = returnsync(["replay", "--from-beginning"], env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert sum(len(source["records"]) for source in data_sources(sandbox)) == len(stored)
+
+
+def plant_record(sandbox: SandboxThread, source_id: str, record: dict[str, Any]) -> None:
+    """Another writer changes a return's object behind returnsync's back."""
+    body = {"data": {"type": "data-source-record-create-job",
+                     "attributes": {"data-source-record": {"data": {"type": "data-source-record",
+                                                                    "attributes": {"record": record}}}},
+                     "relationships": {"data-source": {"data": {"type": "data-source", "id": source_id}}}}}
+    headers = {"Authorization": f"Klaviyo-API-Key {SANDBOX_KEY}", "revision": "2026-07-15",
+               "Content-Type": "application/vnd.api+json"}
+    response = httpx.post(f"{sandbox.url}/api/data-source-record-create-jobs", json=body, headers=headers)
+    assert response.status_code == 204, response.text
+
+
+def test_dry_run_reports_record_drift_and_a_replay_rewrites_it(
+    publish: Callable[..., None], sandbox: SandboxThread, bootstrap_servers: str, prefix: str,
+) -> None:
+    events = demo_events(20, seed=46)
+    publish(events)
+    env = {**cli_env(bootstrap_servers, sandbox, prefix), **ON}
+    rebuilt = returnsync(["replay", "--from-beginning"], env)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    returns = len(expected_records(events))
+
+    unmapped = returnsync(["replay", "--from-beginning", "--dry-run"], env)
+    assert unmapped.returncode == 1, unmapped.stdout + unmapped.stderr[-2000:]
+    assert "not compared: account default has no object type titled 'Return'" in unmapped.stdout
+
+    [source] = data_sources(sandbox)
+    sandbox.admin("POST", "object-types", json={"title": "Return", "data_source": source["id"], "key": "id"})
+    clean = returnsync(["replay", "--from-beginning", "--dry-run"], env)
+    assert clean.returncode == 0, clean.stdout + clean.stderr[-2000:]
+    assert f"compared {returns} return records: 0 drifted" in clean.stdout
+
+    key, record = sorted(stored_records(sandbox).items())[0]
+    plant_record(sandbox, source["id"], {**record, "status": "cancelled", "value": 1.5, "note": "x"})
+    drifted = returnsync(["replay", "--from-beginning", "--dry-run", "--json", "--show-customers"], env)
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr[-2000:]
+    document = orjson.loads(drifted.stdout)["records"]
+    assert (document["compared"], document["drifted"]) == (returns, 1)
+    assert document["per_field"] == {"status": 1, "value": 1, "note": 1}
+    assert {example["return"] for example in document["examples"]} == {key}
+    assert {example["customer"] for example in document["examples"]} == {record["email"]}
+
+    fixed = returnsync(["replay", "--from-beginning", "--name", "records"], env)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    again = returnsync(["replay", "--from-beginning", "--dry-run"], env)
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert f"compared {returns} return records: 0 drifted" in again.stdout
