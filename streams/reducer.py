@@ -249,18 +249,20 @@ def _with_details(record: ReturnRecord, event: ReturnEvent) -> ReturnRecord:
         items = newer.pop("items")
         newer["skus"] = tuple(dict.fromkeys(item.sku for item in items if item.sku))[:RETURN_SKUS_LIMIT]
         newer["item_count"] = sum(item.quantity for item in items)
-        newer["items"] = tuple(_kept_item(item) for item in items[:RETURN_ITEMS_KEPT])
+        newer["items"] = tuple(_kept_line(item) for item in items[:RETURN_ITEMS_KEPT])
     return replace(record, **newer, details_version=stamps) if newer else record
 
 
-def _kept_item(item: ReturnItem) -> ReturnItem:
-    def cut(text: str | None) -> str | None:
-        return text[:ITEM_TEXT_KEPT] if text is not None else None
-
-    return replace(item, sku=cut(item.sku), product_name=cut(item.product_name),
-                   variant_name=cut(item.variant_name), reason=cut(item.reason),
-                   reason_parent=cut(item.reason_parent), outcome=cut(item.outcome),
-                   new_sku=cut(item.new_sku))
+def _kept_line(item: ReturnItem) -> dict[str, Any]:
+    """An item line as the state keeps it (streams.state.ReturnRecord.items): texts cut."""
+    line = {
+        "sku": item.sku, "product_name": item.product_name, "variant_name": item.variant_name,
+        "quantity": item.quantity, "value": str(item.value) if item.value is not None else None,
+        "reason": item.reason, "reason_parent": item.reason_parent, "outcome": item.outcome,
+        "new_sku": item.new_sku,
+    }
+    return {name: value[:ITEM_TEXT_KEPT] if isinstance(value, str) else value
+            for name, value in line.items() if value is not None}
 
 
 def _newer_fields(

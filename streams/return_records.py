@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from streams.events import ReturnItem, format_time
+from streams.events import format_time
 from streams.projection import MAX_TEXT
 from streams.state import TERMINAL_STATUSES, CustomerState, ReturnRecord
 
@@ -92,16 +93,18 @@ def last_changed(record: ReturnRecord) -> datetime | None:
     return max(moments, default=None)
 
 
-def _item(item: ReturnItem) -> dict[str, Any]:
+def _item(line: Mapping[str, Any]) -> dict[str, Any]:
+    """One kept item line (streams.state.ReturnRecord.items) as the record shows it."""
+    value = line.get("value")
     fields = {
-        "sku": _text(item.sku),
-        "product": _text(item.product_name),
-        "variant": _text(item.variant_name),
-        "quantity": item.quantity,
-        "value": item.value,
-        "reason": _text(item.reason or item.reason_parent),
-        "outcome": _text(item.outcome),
-        "new_sku": _text(item.new_sku),
+        "sku": _text(line.get("sku")),
+        "product": _text(line.get("product_name")),
+        "variant": _text(line.get("variant_name")),
+        "quantity": line.get("quantity", 1),
+        "value": Decimal(value) if value is not None else None,
+        "reason": _text(line.get("reason") or line.get("reason_parent")),
+        "outcome": _text(line.get("outcome")),
+        "new_sku": _text(line.get("new_sku")),
     }
     return {name: value for name, value in fields.items() if value is not None}
 

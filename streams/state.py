@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from streams import digests
-from streams.events import Outcome, ReturnItem, format_time
+from streams.events import Outcome, format_time
 from streams.frozen import replace
 
 ACTIVE_STATUSES = frozenset({"requested", "approved", "in_transit", "received"})
@@ -67,9 +67,11 @@ class ReturnRecord:
     source: str | None = None
     """The platform it came from (`loop`, `redo`, ... `api`), from the newest event naming it."""
     currency: str | None = None
-    items: tuple[ReturnItem, ...] = ()
+    items: tuple[Mapping[str, Any], ...] = ()
     """The item lines of the newest status event carrying them, the first
-    `streams.reducer.RETURN_ITEMS_KEPT` (text cut like the projection's); `item_count` counts all."""
+    `streams.reducer.RETURN_ITEMS_KEPT` (text cut like the projection's); `item_count` counts all.
+    Kept in the canonical event's item form (money as decimal text), as plain JSON: reading a
+    stored state, which the fold does for every event, then builds no objects for them."""
     refund_total: Decimal = Decimal(0)
     store_credit_total: Decimal = Decimal(0)
     """Refunds and store credit issued for this return (each fact once, like the state's totals)."""
@@ -312,7 +314,7 @@ def _record_to_dict(record: ReturnRecord) -> dict[str, Any]:
         "repeated_ids": sorted(record.repeated_ids),
         "source": record.source,
         "currency": record.currency,
-        "items": [_item_out(item) for item in record.items],
+        "items": list(record.items),
         "refund_total": str(record.refund_total),
         "store_credit_total": str(record.store_credit_total),
     }
@@ -342,29 +344,9 @@ def _record_from_dict(data: Mapping[str, Any]) -> ReturnRecord:
         # Absent from states written before returns kept their lines and money (custom objects).
         source=data.get("source"),
         currency=data.get("currency"),
-        items=tuple(_item_in(item) for item in data.get("items", ())),
+        items=tuple(data.get("items", ())),
         refund_total=Decimal(data.get("refund_total", "0")),
         store_credit_total=Decimal(data.get("store_credit_total", "0")),
-    )
-
-
-def _item_out(item: ReturnItem) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "sku": item.sku, "product_name": item.product_name, "variant_name": item.variant_name,
-        "quantity": item.quantity, "value": str(item.value) if item.value is not None else None,
-        "reason": item.reason, "reason_parent": item.reason_parent, "outcome": item.outcome,
-        "new_sku": item.new_sku,
-    }
-    return {name: value for name, value in out.items() if value is not None}
-
-
-def _item_in(data: Mapping[str, Any]) -> ReturnItem:
-    value = data.get("value")
-    return ReturnItem(
-        sku=data.get("sku"), product_name=data.get("product_name"), variant_name=data.get("variant_name"),
-        quantity=data.get("quantity", 1), value=Decimal(value) if value is not None else None,
-        reason=data.get("reason"), reason_parent=data.get("reason_parent"), outcome=data.get("outcome"),
-        new_sku=data.get("new_sku"),
     )
 
 
