@@ -95,7 +95,7 @@ def test_three_greedy_workers_never_put_more_than_the_limit_in_one_of_klaviyos_w
     smallest = min(THREE_WORKERS) / PARTITIONS
     for name, limit in account_limits(scale):
         if limit.burst_per_second * smallest < 1:
-            assert name.startswith("data-source"), name  # only those are that small
+            assert name.startswith(("data-source", "object-")), name  # only those are that small
             continue
         clock = Clock()
         sent = greedy(fleet(limit, clock), clock, 3 * STEADY_SECONDS)
