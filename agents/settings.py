@@ -36,6 +36,9 @@ _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognised, not bound
 
 
+_TITLE = re.compile(r"[^\x00-\x1f]{1,255}")
+
+
 class SettingsError(ValueError):
     """One line per bad variable, so an operator fixes them all in one go."""
 
@@ -97,6 +100,12 @@ class Settings:
     reconcile_interval: float = 0.0
     reconcile_sample: int = 200
     reconcile_repair: bool = False
+    custom_objects: bool = False
+    """Also keep one Klaviyo custom-object record per return (needs the custom-objects:write scope)."""
+    custom_objects_title: str = "returnsync returns"
+    """The title of the data source those records go to: found by it again, never created twice."""
+    custom_objects_type: str = "Return"
+    """The title of the object type the merchant mapped over it: drift reports read records there."""
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
 
     @property
@@ -216,6 +225,13 @@ class Settings:
             reconcile_interval=reader.number("RETURNSYNC_RECONCILE_INTERVAL", 0.0, float, 0.0, 86_400.0),
             reconcile_sample=reader.number("RETURNSYNC_RECONCILE_SAMPLE", 200, int, 1, 100_000),
             reconcile_repair=reader.flag("RETURNSYNC_RECONCILE_REPAIR", False),
+            custom_objects=reader.flag("RETURNSYNC_CUSTOM_OBJECTS", False),
+            custom_objects_title=reader.matching(
+                "RETURNSYNC_CUSTOM_OBJECTS_TITLE", defaults.custom_objects_title, _TITLE,
+                "1 to 255 characters (a Klaviyo data source title)"),
+            custom_objects_type=reader.matching(
+                "RETURNSYNC_CUSTOM_OBJECTS_TYPE", defaults.custom_objects_type, _TITLE,
+                "1 to 255 characters (a Klaviyo object type title)"),
             projection=projection,
         )
         reader.raise_if_errors()

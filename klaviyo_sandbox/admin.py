@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from klaviyo_sandbox import data_sources
 from klaviyo_sandbox.api import ENDPOINTS
 from klaviyo_sandbox.faults import FaultBook, FaultError
 from klaviyo_sandbox.merge import normalise_email
@@ -82,6 +83,8 @@ class SandboxAdmin:
             web.post(f"{PREFIX}/profiles", self.plant_profile),
             web.get(f"{PREFIX}/events", self.events),
             web.get(f"{PREFIX}/jobs", self.jobs),
+            web.get(f"{PREFIX}/data-sources", self.data_sources),
+            web.post(f"{PREFIX}/object-types", self.add_object_type),
             web.get(f"{PREFIX}/requests", self.requests),
             web.get(f"{PREFIX}/counts", self.counts),
             web.get(f"{PREFIX}/violations", self.violations),
@@ -148,6 +151,28 @@ class SandboxAdmin:
             for job in account.jobs.values()
         ]})
 
+    async def data_sources(self, request: web.Request) -> web.Response:
+        """Every data source with its ingested records; `key=FIELD` adds the latest record per
+        value of FIELD (what an object type identified by FIELD shows)."""
+        account = self._account(request.query.get("account"))
+        key = request.query.get("key")
+        sources = account.data_sources.values()
+        return _json({"data": [data_sources.inspect(source, key) for source in sources]})
+
+    async def add_object_type(self, request: web.Request) -> web.Response:
+        """Stand in for the merchant's mapping in Klaviyo's UI: `{"title", "data_source" (id),
+        "key" (the record field identifying an object), "account"}`."""
+        body = await _body(request)
+        title, source, key = body.get("title"), body.get("data_source"), body.get("key")
+        if not all(isinstance(value, str) and value for value in (title, source, key)):
+            raise _problem(400, "need title, data_source (id) and key (strings)")
+        account = self._account(body.get("account"))
+        try:
+            made = data_sources.add_object_type(account, str(title), str(source), str(key))
+        except KeyError:
+            raise _problem(404, f"no data source {source!r}") from None
+        return _json({"data": {"id": made.id, "title": made.title, "key": made.key}}, 201)
+
     async def requests(self, request: web.Request) -> web.Response:
         account = request.query.get("account")
         records = [asdict(r) for r in self._store.requests if account is None or r.account == account]
@@ -168,6 +193,7 @@ class SandboxAdmin:
             "profiles": len(account.profiles),
             "events": len(account.events),
             "jobs": len(account.jobs),
+            "data_source_records": sum(len(source.records) for source in account.data_sources.values()),
             "requests": _request_counts(log),
             "violations": len(self._store.violations),
         }})

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from klaviyo_sandbox import payloads
+from klaviyo_sandbox import data_sources, payloads
 from klaviyo_sandbox.errors import ApiError, duplicate_profile, invalid
 from klaviyo_sandbox.payloads import EventWrite
 from klaviyo_sandbox.resources import (
@@ -64,6 +64,16 @@ ENDPOINTS = {
         Endpoint("get_errors_for_bulk_import_profiles_job", "GET",
                  "/api/profile-bulk-import-jobs/{job_id}/import-errors", None),
         Endpoint("bulk_create_events", "POST", "/api/event-bulk-create-jobs", 5_000_000),
+        Endpoint("get_data_sources", "GET", "/api/data-sources", None),
+        Endpoint("create_data_source", "POST", "/api/data-sources", 100_000),
+        Endpoint("get_data_source", "GET", "/api/data-sources/{id}", None),
+        Endpoint("delete_data_source", "DELETE", "/api/data-sources/{id}", None),
+        # 4 MB a request (Klaviyo's custom-objects guide); one record is held to the same.
+        Endpoint("bulk_create_data_source_records", "POST", "/api/data-source-record-bulk-create-jobs",
+                 4_000_000),
+        Endpoint("create_data_source_record", "POST", "/api/data-source-record-create-jobs", 4_000_000),
+        Endpoint("get_object_types", "GET", "/api/object-types", None),
+        Endpoint("get_records_for_object_type", "GET", "/api/object-types/{id}/object-records", None),
     )
 }
 
@@ -104,6 +114,14 @@ class KlaviyoApi:
             "get_bulk_import_profiles_job": self.get_import_job,
             "get_errors_for_bulk_import_profiles_job": self.get_import_errors,
             "bulk_create_events": self.bulk_create_events,
+            "get_data_sources": self.get_data_sources,
+            "create_data_source": self.create_data_source,
+            "get_data_source": self.get_data_source,
+            "delete_data_source": self.delete_data_source,
+            "bulk_create_data_source_records": self.bulk_create_records,
+            "create_data_source_record": self.create_record,
+            "get_object_types": self.get_object_types,
+            "get_records_for_object_type": self.get_object_records,
         }
 
     def _account(self, request: web.Request) -> Account:
@@ -206,3 +224,52 @@ class KlaviyoApi:
         page, links = paginate(request, rows)
         set_items(request, len(page))
         return api_response({"data": [import_error_resource(row) for row in page], "links": links})
+
+    # --- custom objects (klaviyo_sandbox/data_sources.py) ------------------------------------
+
+    async def get_data_sources(self, request: web.Request) -> web.Response:
+        page, links = data_sources.listing(self._account(request), request)
+        set_items(request, len(page))
+        return api_response({"data": page, "links": links})
+
+    async def create_data_source(self, request: web.Request) -> web.Response:
+        source = data_sources.create(self._account(request), request[EXCHANGE].body)
+        set_items(request, 1)
+        return api_response({"data": data_sources.data_source_resource(source, base_url(request))}, 201)
+
+    async def get_data_source(self, request: web.Request) -> web.Response:
+        source = data_sources.find(self._account(request), request)
+        set_items(request, 1)
+        return api_response({"data": data_sources.data_source_resource(source, base_url(request))})
+
+    async def delete_data_source(self, request: web.Request) -> web.Response:
+        account = self._account(request)
+        del account.data_sources[data_sources.find(account, request).id]
+        return web.Response(status=204)
+
+    async def bulk_create_records(self, request: web.Request) -> web.Response:
+        set_items(request, data_sources.ingest(self._account(request), request[EXCHANGE].body, bulk=True))
+        return web.Response(status=204)
+
+    async def create_record(self, request: web.Request) -> web.Response:
+        set_items(request, data_sources.ingest(self._account(request), request[EXCHANGE].body, bulk=False))
+        return web.Response(status=204)
+
+    async def get_object_types(self, request: web.Request) -> web.Response:
+        account = self._account(request)
+        page, links = paginate(request, list(account.object_types.values()))
+        set_items(request, len(page))
+        base = base_url(request)
+        found = [data_sources.object_type_resource(object_type, base) for object_type in page]
+        return api_response({"data": found, "links": links})
+
+    async def get_object_records(self, request: web.Request) -> web.Response:
+        account = self._account(request)
+        object_type = account.object_types.get(request.match_info["id"])
+        if object_type is None:
+            raise ApiError.single(404, "No object type with this id.", parameter="id")
+        page, links = paginate(request, data_sources.object_records(account, object_type))
+        set_items(request, len(page))
+        base = base_url(request)
+        return api_response({"data": [data_sources.object_record_resource(object_type, key, record, base)
+                                      for key, record in page], "links": links})

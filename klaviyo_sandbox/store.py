@@ -117,11 +117,55 @@ class ImportJob:
 
 
 @dataclass
+class DataSourceRecord:
+    """One record as ingested, in arrival order. Which field identifies an object is set up in
+    Klaviyo's UI (the object type's mapping), so the store keeps every ingestion."""
+
+    record: dict[str, Any]
+    received_at: str
+    via: str  # "single" or "bulk"
+
+
+@dataclass
+class DataSource:
+    id: str
+    title: str
+    visibility: str
+    description: str
+    namespace: str
+    records: list[DataSourceRecord] = field(default_factory=list)
+
+    def latest(self, key: str) -> dict[str, Any]:
+        """What an object type keyed by the record field `key` would show: the last record ingested
+        per value of `key` (records without it are not objects)."""
+        found: dict[str, Any] = {}
+        for stored in self.records:
+            value = stored.record.get(key)
+            if isinstance(value, str | int):
+                found[str(value)] = stored.record
+        return found
+
+
+@dataclass
+class ObjectType:
+    """What a merchant sets up in Klaviyo's UI over a data source: which record field identifies
+    an object. Record fields map to object properties under the same names."""
+
+    id: str
+    title: str
+    data_source_id: str
+    key: str
+    created_at: str
+
+
+@dataclass
 class Account:
     name: str
     profiles: dict[str, Profile] = field(default_factory=dict)
     events: list[EventRecord] = field(default_factory=list)
     jobs: dict[str, ImportJob] = field(default_factory=dict)
+    data_sources: dict[str, DataSource] = field(default_factory=dict)
+    object_types: dict[str, ObjectType] = field(default_factory=dict)
     _index: dict[str, dict[str, str]] = field(default_factory=lambda: {name: {} for name in INDEXED})
     _event_keys: set[tuple[str, str, str]] = field(default_factory=set)
 

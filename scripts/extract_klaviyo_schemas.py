@@ -35,6 +35,14 @@ OPERATIONS = (
     "get_bulk_import_profiles_job",
     "get_errors_for_bulk_import_profiles_job",
     "bulk_create_events",
+    "get_data_sources",
+    "create_data_source",
+    "get_data_source",
+    "delete_data_source",
+    "bulk_create_data_source_records",
+    "create_data_source_record",
+    "get_object_types",
+    "get_records_for_object_type",
 )
 
 # Only keywords the sandbox validator acts on survive; descriptions and examples would

@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from streams import digests
-from streams.events import EventType, Outcome, ReturnEvent
+from streams.events import EventType, Outcome, ReturnEvent, ReturnItem
 from streams.frozen import replace
 from streams.state import RETURNED_SKUS_LIMIT, STATUS_RANK, CustomerState, Identity, ReturnRecord, Stamp
 
@@ -37,6 +37,11 @@ their status events come after all, the return counts then, without the dropped 
 RETURN_SKUS_LIMIT = 100
 """SKUs kept per return: enough for any real return, and one 20,000-line event cannot bloat state.
 `item_count` still counts every item."""
+RETURN_ITEMS_KEPT = 50
+"""Item lines kept per return (for its custom-object record): the projection's listed-items
+bound. `item_count` still counts every item."""
+ITEM_TEXT_KEPT = 255
+"""Item texts are kept cut like the projection cuts them: nothing longer is ever shown."""
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
@@ -116,7 +121,7 @@ def _status_changed(state: CustomerState, event: ReturnEvent) -> tuple[CustomerS
 
 
 def _refund_issued(state: CustomerState, event: ReturnEvent) -> tuple[CustomerState, Applied]:
-    state = _record_fact(state, event, Outcome.REFUND)
+    state = _record_fact(state, event, Outcome.REFUND, "refund_total")
     return replace(state, refund_total=state.refund_total + _amount(event)), Applied.APPLIED
 
 
@@ -126,7 +131,7 @@ def _exchange_created(state: CustomerState, event: ReturnEvent) -> tuple[Custome
 
 
 def _store_credit_issued(state: CustomerState, event: ReturnEvent) -> tuple[CustomerState, Applied]:
-    state = _record_fact(state, event, Outcome.STORE_CREDIT)
+    state = _record_fact(state, event, Outcome.STORE_CREDIT, "store_credit_total")
     total = state.store_credit_issued_total + _amount(event)
     return replace(state, store_credit_issued_total=total), Applied.APPLIED
 
@@ -196,8 +201,11 @@ def _amount(event: ReturnEvent) -> Decimal:
     return event.amount if event.amount is not None else Decimal(0)
 
 
-def _record_fact(state: CustomerState, event: ReturnEvent, outcome: Outcome) -> CustomerState:
-    """Remember a money fact for good, and tie it to its return for the outcome."""
+def _record_fact(
+    state: CustomerState, event: ReturnEvent, outcome: Outcome, total: str | None = None
+) -> CustomerState:
+    """Remember a money fact for good, and tie it to its return for the outcome (and its amount
+    to the return's `total`, when one is named)."""
     state = _remembered(state, event)
     if not event.return_id:
         return state
@@ -205,6 +213,8 @@ def _record_fact(state: CustomerState, event: ReturnEvent, outcome: Outcome) -> 
     if previous is None and _is_settled(state, event.return_id):
         return state  # counted in the totals; a settled return's outcome no longer shows anywhere
     record = _with_outcome(_with_details(previous or ReturnRecord(return_id=event.return_id), event), outcome)
+    if total is not None:
+        record = replace(record, **{total: getattr(record, total) + _amount(event)})
     return _with_record(state, record, previous)
 
 
@@ -225,7 +235,9 @@ def _with_details(record: ReturnRecord, event: ReturnEvent) -> ReturnRecord:
     Each detail has its own stamp: with one stamp for all, an older event carrying the items was
     ignored when a newer one carrying only a value had arrived first.
     """
-    details: dict[str, Any] = {"order_ref": event.order_ref}
+    details: dict[str, Any] = {
+        "order_ref": event.order_ref, "source": event.source, "currency": event.currency,
+    }
     if event.type.is_status:
         item_value = sum((item.value * item.quantity for item in event.items if item.value), Decimal(0))
         reasons = (item.reason or item.reason_parent for item in event.items)
@@ -237,7 +249,20 @@ def _with_details(record: ReturnRecord, event: ReturnEvent) -> ReturnRecord:
         items = newer.pop("items")
         newer["skus"] = tuple(dict.fromkeys(item.sku for item in items if item.sku))[:RETURN_SKUS_LIMIT]
         newer["item_count"] = sum(item.quantity for item in items)
+        newer["items"] = tuple(_kept_line(item) for item in items[:RETURN_ITEMS_KEPT])
     return replace(record, **newer, details_version=stamps) if newer else record
+
+
+def _kept_line(item: ReturnItem) -> dict[str, Any]:
+    """An item line as the state keeps it (streams.state.ReturnRecord.items): texts cut."""
+    line = {
+        "sku": item.sku, "product_name": item.product_name, "variant_name": item.variant_name,
+        "quantity": item.quantity, "value": str(item.value) if item.value is not None else None,
+        "reason": item.reason, "reason_parent": item.reason_parent, "outcome": item.outcome,
+        "new_sku": item.new_sku,
+    }
+    return {name: value[:ITEM_TEXT_KEPT] if isinstance(value, str) else value
+            for name, value in line.items() if value is not None}
 
 
 def _newer_fields(

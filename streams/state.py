@@ -64,6 +64,17 @@ class ReturnRecord:
     details_version: Mapping[str, Stamp] = field(default_factory=dict)
     """Stamp per detail: `items` (skus, item_count), `reason`, `value`, `order_ref`."""
     outcomes: frozenset[str] = frozenset()
+    source: str | None = None
+    """The platform it came from (`loop`, `redo`, ... `api`), from the newest event naming it."""
+    currency: str | None = None
+    items: tuple[Mapping[str, Any], ...] = ()
+    """The item lines of the newest status event carrying them, the first
+    `streams.reducer.RETURN_ITEMS_KEPT` (text cut like the projection's); `item_count` counts all.
+    Kept in the canonical event's item form (money as decimal text), as plain JSON: reading a
+    stored state, which the fold does for every event, then builds no objects for them."""
+    refund_total: Decimal = Decimal(0)
+    store_credit_total: Decimal = Decimal(0)
+    """Refunds and store credit issued for this return (each fact once, like the state's totals)."""
     fact_ids: frozenset[str] = frozenset()
     repeated_ids: frozenset[str] = frozenset()
     """Status events that found the return already in their status: another snapshot of it
@@ -302,6 +313,11 @@ def _record_to_dict(record: ReturnRecord) -> dict[str, Any]:
         "outcomes": sorted(record.outcomes),
         "fact_ids": sorted(record.fact_ids),
         "repeated_ids": sorted(record.repeated_ids),
+        "source": record.source,
+        "currency": record.currency,
+        "items": list(record.items),
+        "refund_total": str(record.refund_total),
+        "store_credit_total": str(record.store_credit_total),
     }
 
 
@@ -364,6 +380,12 @@ def _record_from_dict(data: Mapping[str, Any]) -> ReturnRecord:
         fact_ids=frozenset(data["fact_ids"]),
         # Absent from states written before repeats were told apart.
         repeated_ids=frozenset(data.get("repeated_ids", ())),
+        # Absent from states written before returns kept their lines and money (custom objects).
+        source=data.get("source"),
+        currency=data.get("currency"),
+        items=tuple(data.get("items", ())),
+        refund_total=Decimal(data.get("refund_total", "0")),
+        store_credit_total=Decimal(data.get("store_credit_total", "0")),
     )
 
 

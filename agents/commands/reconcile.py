@@ -20,6 +20,7 @@ from agents.commands.scan import Selection, open_consumer, rate_limited, scan, s
 from agents.klaviyo.channels import Channels
 from agents.klaviyo.client import KlaviyoError
 from agents.klaviyo.reconcile import Drift, FloorsUnreadable, Repair, compare, read_floors, repair
+from agents.klaviyo.record_drift import RecordDrift, compare_records
 from agents.klaviyo.versions import MemoryVersions
 from agents.settings import Settings
 from agents.topic_plan import versions_topic
@@ -35,14 +36,19 @@ class Output:
     def from_args(cls, args: argparse.Namespace) -> Output:
         return cls(json=args.json, show_customers=args.show_customers)
 
-    def emit(self, drift: Drift, repaired: Repair | None = None) -> None:
+    def emit(self, drift: Drift, repaired: Repair | None = None, records: RecordDrift | None = None) -> None:
+        """`records`: the return records' drift, when custom objects are on."""
         if not self.json:
             print(drift.report(show_customers=self.show_customers))
             if repaired is not None:
                 print(repaired.report())
+            if records is not None:
+                print(records.report(show_customers=self.show_customers))
             return
         document = {"drift": drift.summary(show_customers=self.show_customers),
-                    "repair": repaired.summary() if repaired is not None else None}
+                    "repair": repaired.summary() if repaired is not None else None,
+                    "records": records.summary(show_customers=self.show_customers) if records is not None
+                    else None}
         print(orjson.dumps(document, default=str, option=orjson.OPT_INDENT_2).decode())
 
 
@@ -53,18 +59,23 @@ async def report_drift(
 ) -> int:
     """Print the drift report; exit code 0 when there is none (or it was all repaired), 1 when
     there is, 2 when Klaviyo or the floors could not be read (so a failure never passes for drift
-    or for none). `rescan` derives the state again when a repair must catch up with live delivery."""
+    or for none). `rescan` derives the state again when a repair must catch up with live delivery.
+    With custom objects on, the return records are compared too (reported, never repaired here:
+    `returnsync replay` rewrites them); records that drifted or could not be compared exit 1."""
     channels = Channels.from_settings(settings)
     try:
         try:
             drift = await compare(channels, states, settings.projection)
+            records = (await compare_records(channels, states, settings.custom_objects_type)
+                       if settings.custom_objects else None)
         except KlaviyoError as exc:
-            print(f"could not read Klaviyo profiles: {exc}", file=sys.stderr)
+            print(f"could not read Klaviyo profiles or return objects: {exc}", file=sys.stderr)
             return 2
         metrics.RECONCILE_DRIFT_PROFILES.set(len(drift.drifted))
+        record_drift = records is not None and records.any
         if not (drift.drifted and fix):
-            output.emit(drift)
-            return 1 if drift.drifted else 0
+            output.emit(drift, records=records)
+            return 1 if drift.drifted or record_drift else 0
         newest, attempts = dict(states), 0
 
         async def current(keys: Sequence[str]) -> Mapping[str, CustomerState]:
@@ -81,12 +92,12 @@ async def report_drift(
             fixed = await repair(channels, drift.drifted, current, floors, settings.projection,
                                  unseen_ok=True)
         except (KlaviyoError, FloorsUnreadable) as exc:
-            output.emit(drift)
+            output.emit(drift, records=records)
             print(f"repair stopped: {exc}", file=sys.stderr)
             return 2
-        output.emit(drift, fixed)
+        output.emit(drift, fixed, records)
         metrics.RECONCILE_DRIFT_PROFILES.set(len(drift.drifted) - len(fixed.repaired))
-        return 0 if fixed.resolved else 1
+        return 0 if fixed.resolved and not record_drift else 1
     finally:
         await channels.aclose()
 

@@ -11,8 +11,9 @@
 
 Resume: a restart scans again from the beginning (the state is whole) and sends only records at
 or past the committed offsets. A customer's profile rides with its first selected record (final
-version); later records carry version 0, which the version floors turn into events-only
-deliveries, and on resume the customers already written get their floor back. A finished replay
+version), and with RETURNSYNC_CUSTOM_OBJECTS the records of all its returns; later records carry
+version 0, which the version floors turn into events-only deliveries, and on resume the
+customers already written get their floor back. A finished replay
 commits the ends, so running it again sends nothing; a fresh rebuild takes a new `--name`.
 """
 
@@ -101,7 +102,9 @@ async def run_replay(settings: Settings, args: argparse.Namespace) -> int:
 
         dead_letters = DeadLetters(
             lambda key, record: producer.send_and_wait(settings.topics.deadletter, key=key, value=record))
-        delivery = Delivery(channels, settings.projection, dead_letters.send, resumed_floors(scanned))
+        delivery = Delivery(channels, settings.projection, dead_letters.send, resumed_floors(scanned),
+                            settings.custom_objects_title if settings.custom_objects else None,
+                            rebuild_records=True)
         pipeline = Pipeline(consumer.commit, depth=2)
         sent = await send(scanned, delivery, pipeline, topic, batch_size=args.batch_size)
         if scanned.ends:

@@ -5,7 +5,7 @@ Never a `subscriptions` or consent field: a return must never change marketing c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -100,3 +100,33 @@ def _json_default(value: Any) -> Any:
         # JSON numbers are what Klaviyo segments on; amounts are two-decimal money, exact in float.
         return float(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def data_source_body(title: str) -> dict[str, Any]:
+    """POST /api/data-sources: a private source in the default namespace."""
+    return {"data": {"type": "data-source", "attributes": {
+        "title": title, "visibility": "private",
+        "description": "One record per return, kept in step by returnsync.",
+    }}}
+
+
+def data_source_record_item(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "data-source-record", "attributes": {"record": dict(record)}}
+
+
+def data_source_record_body(source_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    """POST /api/data-source-record-create-jobs: one record."""
+    return {"data": {"type": "data-source-record-create-job",
+                     "attributes": {"data-source-record": {"data": item}},
+                     "relationships": _data_source(source_id)}}
+
+
+def data_source_records_body(source_id: str, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """POST /api/data-source-record-bulk-create-jobs: up to 500 records."""
+    return {"data": {"type": "data-source-record-bulk-create-job",
+                     "attributes": {"data-source-records": {"data": list(items)}},
+                     "relationships": _data_source(source_id)}}
+
+
+def _data_source(source_id: str) -> dict[str, Any]:
+    return {"data-source": {"data": {"type": "data-source", "id": source_id}}}

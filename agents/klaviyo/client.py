@@ -33,7 +33,7 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 524})
 AUTH_STATUSES = frozenset({401, 403})
 # Requests in flight per endpoint; the connection pool holds them all, so a request that has
 # spent a token is sent at once instead of queueing for a connection (see ratelimit.py).
-CONCURRENCY = {"events": 32, "profile-import": 16}
+CONCURRENCY = {"events": 32, "profile-import": 16, "data-source-record-create-jobs": 16}
 DEFAULT_CONCURRENCY = 4
 BULK_TIMEOUT = 60.0
 
@@ -132,6 +132,40 @@ class KlaviyoClient:
             following = (page.get("links") or {}).get("next")
             path = httpx.URL(following).raw_path.decode() if following else None
         return rows
+
+    async def data_sources(self) -> list[dict[str, Any]]:
+        """Every data source of the account (custom objects), all pages."""
+        return await self._pages("data-sources", "/api/data-sources?page[size]=100")
+
+    async def object_types(self) -> list[dict[str, Any]]:
+        return await self._pages("object-types", "/api/object-types")
+
+    async def object_records(self, object_type_id: str) -> list[dict[str, Any]]:
+        """Every object of an object type, all pages (100 a request)."""
+        path = f"/api/object-types/{quote(object_type_id, safe='')}/object-records?page[size]=100"
+        return await self._pages("object-records", path)
+
+    async def _pages(self, endpoint: str, first: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        path: str | None = first
+        while path is not None:
+            page = orjson.loads((await self.send(endpoint, "GET", path, None)).content)
+            found.extend(page.get("data") or [])
+            following = (page.get("links") or {}).get("next")
+            path = httpx.URL(following).raw_path.decode() if following else None
+        return found
+
+    async def create_data_source(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.send("data-sources", "POST", "/api/data-sources", body)
+        created: dict[str, Any] = orjson.loads(response.content)["data"]
+        return created
+
+    async def create_data_source_record(self, body: dict[str, Any]) -> None:
+        await self.send("data-source-record-create-jobs", "POST", "/api/data-source-record-create-jobs", body)
+
+    async def bulk_create_data_source_records(self, body: dict[str, Any]) -> None:
+        await self.send("data-source-record-bulk-create-jobs", "POST",
+                        "/api/data-source-record-bulk-create-jobs", body)
 
     async def profiles_by_email(self, emails: Sequence[str]) -> list[dict[str, Any]]:
         """Read profiles (100 emails per request) for drift checks and support tooling."""

@@ -34,6 +34,7 @@ from agents.klaviyo import rejections
 from agents.klaviyo.bodies import event_body
 from agents.klaviyo.channels import Channel, Channels
 from agents.klaviyo.client import KlaviyoRejected
+from agents.klaviyo.custom_objects import ReturnObjects
 from agents.klaviyo.plan import (
     EventWrite,
     Plan,
@@ -66,12 +67,19 @@ class Delivery:
         config: ProjectionConfig,
         dead_letters: DeadLetterSink,
         versions: VersionStore | None = None,
+        custom_objects_title: str | None = None,
+        rebuild_records: bool = False,
     ) -> None:
+        """`custom_objects_title`: also keep one custom-object record per return, in the data
+        source of that title (agents/klaviyo/custom_objects.py); None writes none.
+        `rebuild_records` (replay): write all of a customer's returns with its newest state."""
         self.channels = channels
         self.config = config
         self.dead_letters = dead_letters
         self.versions: VersionStore = versions if versions is not None else MemoryVersions()
         self.known = rejections.Known()
+        self.objects = None if custom_objects_title is None else ReturnObjects(
+            custom_objects_title, self._rejected, self.known, rebuild=rebuild_records)
         # Bulk imports between "Klaviyo accepted" and "job id recorded": a cancelled batch must
         # not leave a job running that no floor knows about, so these run to the end (shielded).
         self._recording_jobs: set[asyncio.Future[str]] = set()
@@ -172,6 +180,8 @@ class Delivery:
             self._write_profiles(channel, profile_writes(ready), settling),
             self._write_events(channel, event_writes(deliveries)),
             *(after_job(job_id, group) for job_id, group in fenced.items()),
+            # Admitted by the same floor as the profiles: never a record from an older state.
+            *([self.objects.write_deliveries(channel, fresh)] if self.objects is not None else []),
         )
 
     def _try_again_if_resent(self, deliveries: Sequence[CustomerDelivery]) -> None:

@@ -62,6 +62,13 @@ KLAVIYO_LIMITS: Mapping[str, Limit] = {
     "profile-bulk-import-job": Limit(10, 150),
     "import-errors": Limit(10, 150),
     "profiles": Limit(75, 700),
+    # Custom objects (opt-in): the data-source lookups, one record, up to 500 records.
+    "data-sources": Limit(3, 60),
+    "data-source-record-create-jobs": Limit(75, 700),
+    "data-source-record-bulk-create-jobs": Limit(3, 15),
+    # ... and their objects, read back for drift reports.
+    "object-types": Limit(3, 60),
+    "object-records": Limit(3, 60),
 }
 
 

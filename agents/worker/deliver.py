@@ -115,7 +115,8 @@ def register(runtime: Runtime) -> None:
         channels = Channels.from_settings(settings)
         versions = KafkaVersions(runtime.kafka, versions_topic(settings), settings.partitions)
         await versions.start()
-        delivery = Delivery(channels, settings.projection, dead_letters.send, versions)
+        delivery = Delivery(channels, settings.projection, dead_letters.send, versions,
+                            settings.custom_objects_title if settings.custom_objects else None)
         consumer = AIOKafkaConsumer(
             runtime.sync_topic_name,
             **runtime.kafka.client_options(),

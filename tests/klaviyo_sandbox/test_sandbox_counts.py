@@ -41,7 +41,8 @@ async def counts(client: httpx.AsyncClient, **params: str) -> dict[str, object]:
 
 async def test_counts_of_an_empty_sandbox(client: httpx.AsyncClient) -> None:
     assert await counts(client) == {
-        "account": "default", "profiles": 0, "events": 0, "jobs": 0, "violations": 0,
+        "account": "default", "profiles": 0, "events": 0, "jobs": 0, "data_source_records": 0,
+        "violations": 0,
         "requests": {"total": 0, "by_endpoint": {}, "by_status": {}, "items_by_endpoint": {},
                      "log_full": False},
     }

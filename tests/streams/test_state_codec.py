@@ -146,8 +146,10 @@ def test_uncounted_record_round_trips() -> None:
     assert record["status"] is None and record["status_version"] is None and record["opened_at"] is None
     restored = state_from_dict(orjson.loads(orjson.dumps(out)))
     assert restored == state
+    stamp = (datetime(2025, 3, 1, 9, 0, tzinfo=UTC), "r1")
     assert restored.returns["R1"] == ReturnRecord(
-        return_id="R1", outcomes=frozenset({"refund"})
+        return_id="R1", outcomes=frozenset({"refund"}), source="api", refund_total=Decimal("5.00"),
+        details_version={"source": stamp},
     )
 
 

@@ -88,10 +88,15 @@ def test_three_workers_plans_add_up_to_at_most_the_account_limit_on_every_endpoi
 
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.4])
 def test_three_greedy_workers_never_put_more_than_the_limit_in_one_of_klaviyos_windows(scale: float) -> None:
-    """At these scales each worker's share is at least one token per window on every endpoint, so
-    the per-window bound holds for the fleet as it did for one worker; the busiest endpoint's
-    steady window is still used to within the rounding."""
+    """Where each worker's share is at least one token per window (every endpoint but the custom
+    objects' 3/s ones), the per-window bound holds for the fleet as it did for one
+    worker; the busiest endpoint's steady window is still used to within the rounding. Shares
+    below one token a window keep the average only (the next test)."""
+    smallest = min(THREE_WORKERS) / PARTITIONS
     for name, limit in account_limits(scale):
+        if limit.burst_per_second * smallest < 1:
+            assert name.startswith(("data-source", "object-")), name  # only those are that small
+            continue
         clock = Clock()
         sent = greedy(fleet(limit, clock), clock, 3 * STEADY_SECONDS)
         assert busiest(sent, BURST_SECONDS) <= limit.burst_per_second, name
