@@ -65,13 +65,17 @@ def initial_state(event: ReturnEvent) -> CustomerState:
     return CustomerState(customer_key=event.customer_key, identity=Identity(email=event.customer.email))
 
 
-def apply_event(state: CustomerState | None, event: ReturnEvent) -> Result:
-    """Apply one event. `state` None means the customer has no state yet."""
+def apply_event(state: CustomerState | None, event: ReturnEvent, *, item_lines: bool = False) -> Result:
+    """Apply one event. `state` None means the customer has no state yet. `item_lines`: keep each
+    return's item lines (`ReturnRecord.items`), which only its custom-object record shows; off,
+    they are not kept, as they would be a third of every state for nothing."""
     current = state if state is not None else initial_state(event)
     if _already_applied(current, event):
         return Result(current, Applied.DUPLICATE)
     rule = _for_settled if _of_settled_return(current, event) else RULES[event.type]
     updated, applied = rule(current, event)
+    if not item_lines and updated is not current:
+        updated = _without_item_lines(updated, event.return_id)
     identity = _identity(updated.identity, event)
     if updated is current and identity is current.identity:
         # Nothing to record (a restock, a late event for a settled return): the version stays,
@@ -81,10 +85,19 @@ def apply_event(state: CustomerState | None, event: ReturnEvent) -> Result:
     return Result(_settled(updated), applied)
 
 
-def reduce_events(events: Iterable[ReturnEvent], state: CustomerState | None = None) -> CustomerState | None:
+def reduce_events(
+    events: Iterable[ReturnEvent], state: CustomerState | None = None, *, item_lines: bool = False
+) -> CustomerState | None:
     for event in events:
-        state = apply_event(state, event).state
+        state = apply_event(state, event, item_lines=item_lines).state
     return state
+
+
+def _without_item_lines(state: CustomerState, return_id: str | None) -> CustomerState:
+    record = state.returns.get(return_id) if return_id else None
+    if record is None or not record.items:
+        return state
+    return replace(state, returns={**state.returns, record.return_id: replace(record, items=())})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -294,35 +294,21 @@ def _record_json(record: ReturnRecord) -> orjson.Fragment:
 
 
 def _record_to_dict(record: ReturnRecord) -> dict[str, Any]:
+    """The readable form (the customer view): each version stamp written out where it applies."""
     status_version = record.status_version
     return {
-        "return_id": record.return_id,
-        "status": record.status,
+        **_record_facts(record),
         "status_version": (
             [format_time(status_version[0]), status_version[1], status_version[2]]
             if status_version
             else None
         ),
-        "opened_at": _time_out(record.opened_at),
-        "order_ref": record.order_ref,
-        "skus": list(record.skus),
-        "item_count": record.item_count,
-        "value": str(record.value) if record.value is not None else None,
-        "reason": record.reason,
         "details_version": _stamps_out(record.details_version),
-        "outcomes": sorted(record.outcomes),
-        "fact_ids": sorted(record.fact_ids),
-        "repeated_ids": sorted(record.repeated_ids),
-        "source": record.source,
-        "currency": record.currency,
-        "items": list(record.items),
-        "refund_total": str(record.refund_total),
-        "store_credit_total": str(record.store_credit_total),
     }
 
 
 def _record_stored(record: ReturnRecord) -> dict[str, Any]:
-    """The stored form of a record: the dict form with its version stamps written once each.
+    """The stored form of a record: its version stamps written once each, referred to by index.
     A record's status and its details mostly come from the same two or three events, and the
     stamps (time and event id) were 40% of a record written out in full."""
     stamps: dict[Stamp, int] = {}
@@ -334,20 +320,32 @@ def _record_stored(record: ReturnRecord) -> dict[str, Any]:
     details = {name: stamps.setdefault(stamp, len(stamps))
                for name, stamp in sorted(record.details_version.items())}
     return {
-        "return_id": record.return_id,
-        "status": record.status,
+        **_record_facts(record),
         "stamps": [[format_time(at), event_id] for at, event_id in stamps],
         "status_version": stored_version,
+        "details_version": details,
+    }
+
+
+def _record_facts(record: ReturnRecord) -> dict[str, Any]:
+    """Everything of a record but its version stamps, the same in both forms."""
+    return {
+        "return_id": record.return_id,
+        "status": record.status,
         "opened_at": _time_out(record.opened_at),
         "order_ref": record.order_ref,
         "skus": list(record.skus),
         "item_count": record.item_count,
         "value": str(record.value) if record.value is not None else None,
         "reason": record.reason,
-        "details_version": details,
         "outcomes": sorted(record.outcomes),
         "fact_ids": sorted(record.fact_ids),
         "repeated_ids": sorted(record.repeated_ids),
+        "source": record.source,
+        "currency": record.currency,
+        "items": list(record.items),
+        "refund_total": str(record.refund_total),
+        "store_credit_total": str(record.store_credit_total),
     }
 
 

@@ -106,7 +106,7 @@ async def dry_run(settings: Settings, selection: Selection, output: Output) -> i
     """`replay --dry-run`: the drift of the profiles the replay would write. Reads only."""
     consumer = await open_consumer(settings, None)
     try:
-        scanned = await scan(consumer, settings.topics.events, selection)
+        scanned = await scan(consumer, settings.topics.events, selection, item_lines=settings.custom_objects)
     finally:
         await consumer.stop()
     return await report_drift(settings, scanned.touched(), output=output)
@@ -115,7 +115,8 @@ async def dry_run(settings: Settings, selection: Selection, output: Output) -> i
 async def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     consumer = await open_consumer(settings, None)
     try:
-        scanned = await scan(consumer, settings.topics.events, Selection(tenant=args.tenant))
+        scanned = await scan(consumer, settings.topics.events, Selection(tenant=args.tenant),
+                               item_lines=settings.custom_objects)
     finally:
         await consumer.stop()
     keys = sorted(scanned.states)
@@ -127,7 +128,7 @@ async def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
         consumer = await open_consumer(settings, None)
         try:
             return (await scan(consumer, settings.topics.events, Selection(tenant=args.tenant),
-                               progress=False)).states
+                               progress=False, item_lines=settings.custom_objects)).states
         finally:
             await consumer.stop()
 

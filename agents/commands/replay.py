@@ -98,7 +98,7 @@ async def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     await producer.start()
     channels = Channels.from_settings(rate_limited(settings, args.rate_share))
     try:
-        scanned = await scan(consumer, topic, selection, resume=True)
+        scanned = await scan(consumer, topic, selection, resume=True, item_lines=settings.custom_objects)
 
         dead_letters = DeadLetters(
             lambda key, record: producer.send_and_wait(settings.topics.deadletter, key=key, value=record))

@@ -81,11 +81,12 @@ async def open_consumer(settings: Settings, group_id: str | None) -> AIOKafkaCon
 
 
 async def scan(consumer: AIOKafkaConsumer, topic: str, selection: Selection, *,
-               progress: bool = True, resume: bool = False) -> Scan:
-    """Reduce the topic from its beginning to the ends captured now; select what to send."""
+               progress: bool = True, resume: bool = False, item_lines: bool = False) -> Scan:
+    """Reduce the topic from its beginning to the ends captured now; select what to send.
+    `item_lines`: as the state agent folds with custom objects on (`apply_event`)."""
     result = Scan()
     async for message in read_to_end(consumer, topic, result.ends, progress=progress):
-        _reduce(result, selection, message.partition, message)
+        _reduce(result, selection, message.partition, message, item_lines)
     if resume:
         for tp in result.ends:
             result.committed[tp.partition] = await consumer.committed(tp) or 0
@@ -128,7 +129,7 @@ async def read_to_end(consumer: AIOKafkaConsumer, topic: str, ends: dict[TopicPa
         sys.stderr.write("  (scanned)\n")
 
 
-def _reduce(result: Scan, selection: Selection, partition: int, message: object) -> None:
+def _reduce(result: Scan, selection: Selection, partition: int, message: object, item_lines: bool) -> None:
     try:
         event = decode_event(message.value)  # type: ignore[attr-defined]
     except RejectedInput:
@@ -137,7 +138,7 @@ def _reduce(result: Scan, selection: Selection, partition: int, message: object)
     if selection.tenant is not None and event.tenant != selection.tenant:
         return
     key = event.customer_key
-    outcome = apply_event(result.states.get(key), event)
+    outcome = apply_event(result.states.get(key), event, item_lines=item_lines)
     result.states[key] = outcome.state
     offset, timestamp = message.offset, message.timestamp  # type: ignore[attr-defined]
     if outcome.applied is not Applied.DUPLICATE and selection.covers(partition, offset, timestamp):

@@ -65,9 +65,10 @@ class Fold:
                  sync: Callable[[bytes, bytes, int], Awaitable[Any]],
                  rekey: Callable[[bytes, bytes], Awaitable[Any]], dead_letters: DeadLetters,
                  max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW,
-                 max_state_bytes: int = DEFAULT_MAX_STATE_BYTES) -> None:
+                 max_state_bytes: int = DEFAULT_MAX_STATE_BYTES, item_lines: bool = False) -> None:
         self.table, self.partitions, self.skew = table, partitions, max_future_skew
         self.sync, self.rekey, self.dead_letters = sync, rekey, dead_letters
+        self.item_lines = item_lines  # kept only for custom-object records (apply_event)
         self.writes = StateWrites(table, sync, dead_letters, max_state_bytes)
         self.states = DecodedStates()
         self.ingested = metrics.LabelledCounters(metrics.EVENTS_INGESTED)
@@ -92,7 +93,7 @@ class Fold:
         self.ingested.inc(event.source, event.type.value)
         stored = self.table.get(key)
         before = self.states.get(key, stored)
-        result = apply_event(before, event)
+        result = apply_event(before, event, item_lines=self.item_lines)
         self.processed.inc(event.type.value, result.applied.value)
         # The state and its sync record, written together or (dead-lettered) not at all.
         state_bytes = await self.writes.write(key, stored, result, message, _ingested_at(message))
@@ -124,7 +125,8 @@ def register(runtime: Runtime) -> None:
     dead_letters = DeadLetters(lambda key, record: runtime.deadletter.send(key=key, value=record))
     fold = Fold(table, runtime.settings.partitions, sync=sync, rekey=rekey, dead_letters=dead_letters,
                 max_future_skew=runtime.settings.max_future_skew,
-                max_state_bytes=runtime.settings.max_state_bytes)
+                max_state_bytes=runtime.settings.max_state_bytes,
+                item_lines=runtime.settings.custom_objects)
 
     @app.agent(runtime.events, name="state")
     async def state(stream: Any) -> None:

@@ -3,6 +3,7 @@ only on the facts, not on the order they came in."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -26,9 +27,18 @@ ITEMS = [
 
 
 def reduce(events: list[ReturnEvent]) -> CustomerState:
-    state = reduce_events(events)
+    state = reduce_events(events, item_lines=True)  # as the state agent folds with the feature on
     assert state is not None
     return state
+
+
+def test_item_lines_are_kept_only_when_asked() -> None:
+    on, off = reduce(lifecycle()), reduce_events(lifecycle())
+    assert off is not None
+    assert [len(record.items) for record in on.returns.values()] == [len(ITEMS)]
+    assert [record.items for record in off.returns.values()] == [()]
+    # Everything else is the same state: the lines are only for the custom-object record.
+    assert off == replace(on, returns={key: replace(record, items=()) for key, record in on.returns.items()})
 
 
 def lifecycle() -> list[ReturnEvent]:

@@ -90,7 +90,7 @@ def without_version(records: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("capacity", [0, 100_000], ids=["bulk", "singles"])
 async def test_every_return_gets_its_latest_record(sandbox: SandboxServer, capacity: int) -> None:
-    log = sync_records(demo_events(25, seed=3))
+    log = sync_records(demo_events(25, seed=3), item_lines=True)
     async with Engine(sandbox, capacity) as engine:
         for start in range(0, len(log), 40):
             await engine.delivery.deliver(log[start:start + 40])
@@ -103,7 +103,7 @@ async def test_every_return_gets_its_latest_record(sandbox: SandboxServer, capac
 async def test_the_data_source_is_found_again_by_a_new_engine_never_created_twice(
     sandbox: SandboxServer,
 ) -> None:
-    log = sync_records(demo_events(6, seed=4))
+    log = sync_records(demo_events(6, seed=4), item_lines=True)
     async with Engine(sandbox, 100) as first:
         await first.delivery.deliver(log[: len(log) // 2])
     async with Engine(sandbox, 100) as second:
@@ -116,7 +116,7 @@ async def test_the_data_source_is_found_again_by_a_new_engine_never_created_twic
 
 
 async def test_an_older_state_never_overwrites_a_newer_record(sandbox: SandboxServer) -> None:
-    log = sync_records(demo_events(10, seed=5))
+    log = sync_records(demo_events(10, seed=5), item_lines=True)
     async with Engine(sandbox, 100) as engine:
         await engine.delivery.deliver(log)
         ingested = len(sources(sandbox)[0].records)
@@ -130,7 +130,7 @@ async def test_an_older_state_never_overwrites_a_newer_record(sandbox: SandboxSe
 
 
 async def test_only_the_returns_a_batch_touched_are_written(sandbox: SandboxServer) -> None:
-    log = sync_records(demo_events(10, seed=6))
+    log = sync_records(demo_events(10, seed=6), item_lines=True)
     async with Engine(sandbox, 100) as engine:
         await engine.delivery.deliver(log[:-1])
         before = len(sources(sandbox)[0].records)
@@ -144,7 +144,7 @@ async def test_only_the_returns_a_batch_touched_are_written(sandbox: SandboxServ
 
 
 async def test_a_refused_record_is_dead_lettered_once_with_klaviyos_detail(sandbox: SandboxServer) -> None:
-    log = sync_records(demo_events(8, seed=7))
+    log = sync_records(demo_events(8, seed=7), item_lines=True)
     email = log[0].state.identity.email
     sandbox.faults.add({"status": 400, "endpoint": "/api/data-source-record-create-jobs", "email": email,
                         "detail": "record field 'value' is not valid"})
@@ -184,7 +184,7 @@ def test_singles_while_the_budget_lets_them_all_out_now() -> None:
 
 
 async def test_nothing_goes_to_custom_object_endpoints_when_off(sandbox: SandboxServer) -> None:
-    log = sync_records(demo_events(5, seed=8))
+    log = sync_records(demo_events(5, seed=8), item_lines=True)
     account = KlaviyoAccount("default", "sandbox-key", sandbox.url)
     channels = Channels(lambda tenant: account, lambda account: Channel(account, revision="2026-07-15"))
 

@@ -41,12 +41,13 @@ from streams.reducer import apply_event
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def sync_records(events: list[ReturnEvent]) -> list[SyncRecord]:
-    """What the state agent would emit for these events, in order."""
+def sync_records(events: list[ReturnEvent], *, item_lines: bool = False) -> list[SyncRecord]:
+    """What the state agent would emit for these events, in order (`item_lines`: as it folds
+    with custom objects on)."""
     states: dict = {}
     records = []
     for event in events:
-        result = apply_event(states.get(event.customer_key), event)
+        result = apply_event(states.get(event.customer_key), event, item_lines=item_lines)
         states[event.customer_key] = result.state
         records.append(SyncRecord(result.state, event, result.applied, NOW))
     return records
