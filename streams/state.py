@@ -319,12 +319,24 @@ def _record_stored(record: ReturnRecord) -> dict[str, Any]:
         stored_version = [0, status_version[1]]
     details = {name: stamps.setdefault(stamp, len(stamps))
                for name, stamp in sorted(record.details_version.items())}
+    facts = _record_facts(record)
+    for name, empty in _LEFT_OUT_WHEN_EMPTY.items():
+        if facts[name] == empty:
+            del facts[name]
     return {
-        **_record_facts(record),
+        **facts,
         "stamps": [[format_time(at), event_id] for at, event_id in stamps],
         "status_version": stored_version,
         "details_version": details,
     }
+
+
+_LEFT_OUT_WHEN_EMPTY: dict[str, Any] = {
+    "outcomes": [], "repeated_ids": [], "source": None, "currency": None, "items": [],
+    "refund_total": "0", "store_credit_total": "0",
+}
+"""Stored-form fields mostly empty, left out then (the reader defaults them): most returns have
+no outcome yet, repeats, item lines (custom objects off) or money of their own."""
 
 
 def _record_facts(record: ReturnRecord) -> dict[str, Any]:
@@ -374,7 +386,7 @@ def _record_from_dict(data: Mapping[str, Any]) -> ReturnRecord:
         value=Decimal(data["value"]) if data["value"] is not None else None,
         reason=data["reason"],
         details_version=details_version,
-        outcomes=frozenset(data["outcomes"]),
+        outcomes=frozenset(data.get("outcomes", ())),
         fact_ids=frozenset(data["fact_ids"]),
         # Absent from states written before repeats were told apart.
         repeated_ids=frozenset(data.get("repeated_ids", ())),
