@@ -163,6 +163,7 @@ def test_unknown_type(raw: dict[str, Any], value: str) -> None:
 @pytest.mark.parametrize("event_type", list(EventType))
 def test_every_canonical_type_parses(raw: dict[str, Any], event_type: EventType) -> None:
     raw["type"] = event_type.value
+    raw["item_count"] = 3  # what order.placed needs besides the return event's fields
     assert event_from_dict(raw).type is event_type
 
 
@@ -178,6 +179,7 @@ def test_return_id_required_for_status_types(raw: dict[str, Any], event_type: Ev
 @pytest.mark.parametrize("event_type", FACT_TYPES)
 def test_return_id_optional_for_fact_types(raw: dict[str, Any], event_type: EventType) -> None:
     raw["type"] = event_type.value
+    raw["item_count"] = 3
     del raw["return_id"]
     assert event_from_dict(raw).return_id is None
 

@@ -38,6 +38,10 @@ PROPERTY_TYPES: dict[str, Any] = {
     "returns_store_credit_balance": Decimal,
     "returns_serial_returner": bool,
     "returns_first_return_at": str,
+    "returns_orders_count": int,
+    "returns_rate": Decimal,
+    "returns_item_rate": Decimal,
+    "returns_net_spend": Decimal,
 }
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 PASCAL = re.compile(r"^[A-Z][A-Za-z]*$")
@@ -82,6 +86,11 @@ def test_properties_of_a_customer_with_an_open_return() -> None:
         "returns_store_credit_balance": Decimal(0),
         "returns_serial_returner": True,
         "returns_first_return_at": "2025-01-05T09:00:00Z",
+        # No order known: a count, and no rate or net spend rather than made-up ones.
+        "returns_orders_count": 0,
+        "returns_rate": None,
+        "returns_item_rate": None,
+        "returns_net_spend": None,
     }
 
 
@@ -193,8 +202,9 @@ def test_default_metric_names_match_the_spec() -> None:
     }
 
 
-@pytest.mark.parametrize("event_type", [t for t in EventType if t is not EventType.ITEM_RESTOCKED])
-def test_every_type_but_restock_sends_its_metric(event_type: EventType) -> None:
+@pytest.mark.parametrize("event_type", [t for t in EventType if t not in (EventType.ITEM_RESTOCKED,
+                                                                           EventType.ORDER_PLACED)])
+def test_every_type_but_restock_and_order_sends_its_metric(event_type: EventType) -> None:
     item = event(event_type.value, event_id="evt-9", return_id="R1")
     (sent,) = klaviyo_events(item, CONFIG)
     assert sent.metric == DEFAULT_METRIC_NAMES[event_type]
