@@ -126,7 +126,9 @@ def profile_properties(state: CustomerState, config: ProjectionConfig) -> dict[s
         "store_credit_balance": state.store_credit_balance,
         "serial_returner": serial_returner(state, config),
         "first_return_at": _time(state.first_return_at),
-        "orders_count": state.order_count,
+        # Absent, not 0, until an order is known: no order data is not "no orders" (and customers
+        # synced before orders existed do not all drift in reconcile).
+        "orders_count": state.order_count or None,
         "rate": _ratio(state.return_count, state.order_count),
         "item_rate": _ratio(state.item_count, state.ordered_item_count),
         "net_spend": state.net_spend,

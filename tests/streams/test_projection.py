@@ -86,8 +86,8 @@ def test_properties_of_a_customer_with_an_open_return() -> None:
         "returns_store_credit_balance": Decimal(0),
         "returns_serial_returner": True,
         "returns_first_return_at": "2025-01-05T09:00:00Z",
-        # No order known: a count, and no rate or net spend rather than made-up ones.
-        "returns_orders_count": 0,
+        # No order known: no count, rate or net spend rather than made-up ones.
+        "returns_orders_count": None,
         "returns_rate": None,
         "returns_item_rate": None,
         "returns_net_spend": None,
