@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TypeVar
 
@@ -164,6 +165,12 @@ class Settings:
             property_prefix=reader.text("RETURNSYNC_PROPERTY_PREFIX", "returns_"),
             serial_returner_threshold=reader.number(
                 "RETURNSYNC_SERIAL_RETURNER_THRESHOLD", 3, int, minimum=1
+            ),
+            serial_returner_rate=reader.fraction(
+                "RETURNSYNC_SERIAL_RETURNER_RATE", Decimal("0.01"), Decimal(1)
+            ),
+            serial_returner_min_orders=reader.number(
+                "RETURNSYNC_SERIAL_RETURNER_MIN_ORDERS", 5, int, 1, 1_000_000
             ),
             metric_names=reader.metric_names("RETURNSYNC_METRIC_NAMES"),
         )
@@ -321,6 +328,21 @@ class _Reader:
             return None
         return self.number(name, None, kind, minimum, maximum)
 
+    def fraction(self, name: str, minimum: Decimal, maximum: Decimal) -> Decimal | None:
+        """An optional decimal ratio, kept exact (it is compared with counts, never as a float)."""
+        raw = (self.env.get(name) or "").strip()
+        if not raw:
+            return None
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            value = Decimal("NaN")
+        if not value.is_finite() or not minimum <= value <= maximum:
+            self.errors.append(f"{name}={raw!r}: must be a decimal between {minimum} and {maximum} "
+                               "(e.g. 0.5: at least half of the orders returned), or unset")
+            return None
+        return value
+
     def metric_names(self, name: str) -> dict[str, str]:
         names = dict(DEFAULT_METRIC_NAMES)
         raw = self.env.get(name)
@@ -336,7 +358,8 @@ class _Reader:
             for key, value in overrides.items()
         ):
             self.errors.append(
-                f"{name}: keys must be canonical types (or 'item'), values names under 128 chars"
+                f"{name}: keys must be canonical return types (or 'item'; order.placed has no metric), "
+                "values names under 128 chars"
             )
             return names
         names.update(overrides)

@@ -1,4 +1,5 @@
-"""The canonical return event (SPEC §3): one fact about one customer's return."""
+"""The canonical return event (SPEC §3): one fact about one customer's return, or (`order.placed`)
+one order they placed, which returns are measured against."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ class EventType(StrEnum):
     STORE_CREDIT_ISSUED = "store_credit.issued"
     STORE_CREDIT_REDEEMED = "store_credit.redeemed"
     ITEM_RESTOCKED = "item.restocked"
+    ORDER_PLACED = "order.placed"
+    """Not a return fact: the denominator of the return rate. It changes properties only (no
+    Klaviyo event: the store already sends Placed Order) and never opens or closes a return."""
 
     @property
     def is_status(self) -> bool:
@@ -115,6 +119,8 @@ class ReturnEvent:
     currency: str | None = None
     items: tuple[ReturnItem, ...] = field(default_factory=tuple)
     new_order_ref: str | None = None
+    item_count: int | None = None
+    """`order.placed`: units ordered (a return's units are its items' quantities)."""
     backfill: bool = False
     """History, not news (a platform's backfill, an export): Klaviyo gets it with `backfill:
     true`, so no flow fires for a return that happened long ago."""
@@ -175,6 +181,14 @@ def event_from_dict(obj: Any) -> ReturnEvent:
     currency = _optional_str(obj, "currency")
     if currency is not None and not _CURRENCY.match(currency):
         raise RejectedInput(Reason.INVALID_FIELD, "currency must be an ISO 4217 code like USD")
+    amount = parse_money(obj.get("amount"), "amount")
+    item_count = _count(obj, "item_count")
+    order_ref = _optional_str(obj, "order_ref")
+    if event_type is EventType.ORDER_PLACED:
+        given = {"order_ref": order_ref, "amount": amount, "currency": currency, "item_count": item_count}
+        if missing := [name for name, value in given.items() if value is None]:
+            raise RejectedInput(Reason.MISSING_FIELD, f"{', '.join(missing)} required for order.placed "
+                                "(an order counts once per order_ref; amount and currency make net spend)")
     return ReturnEvent(
         event_id=event_id,
         type=event_type,
@@ -183,13 +197,14 @@ def event_from_dict(obj: Any) -> ReturnEvent:
         tenant=tenant,
         source=source,
         return_id=return_id,
-        order_ref=_optional_str(obj, "order_ref"),
+        order_ref=order_ref,
         status_raw=_optional_str(obj, "status_raw"),
         outcome=outcome,
-        amount=parse_money(obj.get("amount"), "amount"),
+        amount=amount,
         currency=currency,
         items=_items(obj.get("items")),
         new_order_ref=_optional_str(obj, "new_order_ref"),
+        item_count=item_count,
         backfill=_flag(obj, "backfill"),
     )
 
@@ -250,6 +265,7 @@ def event_to_dict(event: ReturnEvent) -> dict[str, Any]:
         "amount": str(event.amount) if event.amount is not None else None,
         "currency": event.currency,
         "new_order_ref": event.new_order_ref,
+        "item_count": event.item_count,
     }
     out.update(_drop_none(optional))
     if event.items:
@@ -339,6 +355,15 @@ def _customer(value: Any) -> Customer:
         first_name=_optional_str(value, "first_name"),
         last_name=_optional_str(value, "last_name"),
     )
+
+
+def _count(obj: Mapping[str, Any], name: str) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_QUANTITY:
+        raise RejectedInput(Reason.INVALID_FIELD, f"{name} must be an integer from 0 to {_MAX_QUANTITY}")
+    return value
 
 
 def _items(value: Any) -> tuple[ReturnItem, ...]:

@@ -14,6 +14,10 @@ no input can make a customer unsyncable. The rules (README "What Klaviyo receive
 - the main event's `Items` lists the first `MAX_LISTED_ITEMS` items and `SKUs` the first
   `MAX_LISTED_SKUS`; when any item is left out, `ItemLines` says how many lines there were.
 - `external_id` over `MAX_TEXT` characters is not sent: cut, it would name another profile.
+
+Orders (`order.placed`) add no timeline event (the store already sends Klaviyo's Placed Order);
+they only feed the order properties: `returns_orders_count`, `returns_rate`, `returns_item_rate`,
+`returns_net_spend`, and `returns_serial_returner` by rate when configured.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from streams.events import EventType, ReturnEvent, ReturnItem, format_time
@@ -42,7 +46,8 @@ DEFAULT_METRIC_NAMES: Mapping[str, str] = {
     EventType.STORE_CREDIT_REDEEMED: "Store Credit Redeemed",
     "item": "Return Requested Item",
 }
-"""Metric per canonical type; `item` names the per-item metric. `item.restocked` sends none."""
+"""Metric per canonical type; `item` names the per-item metric. `item.restocked` and
+`order.placed` send none."""
 
 MAX_TEXT = 255
 """Characters of any text value sent (names, reasons, SKUs, ids): far above any real one."""
@@ -52,12 +57,19 @@ MAX_PROFILE_SKU_BYTES = 10_000
 MAX_ITEM_EVENTS = 50
 MAX_LISTED_ITEMS = 50
 MAX_LISTED_SKUS = 100
+RATE_PLACES = Decimal("0.0001")
+"""Rates are sent to 4 decimal places (33.33%): the same digits on every run, so reconcile
+compares them exactly."""
 
 
 @dataclass(frozen=True, slots=True)
 class ProjectionConfig:
     property_prefix: str = "returns_"
     serial_returner_threshold: int = 3
+    serial_returner_rate: Decimal | None = None
+    """Also a serial returner at this return rate or more (returns / orders), once
+    `serial_returner_min_orders` orders are known. None: by count only."""
+    serial_returner_min_orders: int = 5
     metric_names: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_METRIC_NAMES))
 
 
@@ -112,10 +124,34 @@ def profile_properties(state: CustomerState, config: ProjectionConfig) -> dict[s
         "refund_total": state.refund_total,
         "exchange_count": state.exchange_count,
         "store_credit_balance": state.store_credit_balance,
-        "serial_returner": state.return_count >= config.serial_returner_threshold,
+        "serial_returner": serial_returner(state, config),
         "first_return_at": _time(state.first_return_at),
+        # Absent, not 0, until an order is known: no order data is not "no orders" (and customers
+        # synced before orders existed do not all drift in reconcile).
+        "orders_count": state.order_count or None,
+        "rate": _ratio(state.return_count, state.order_count),
+        "item_rate": _ratio(state.item_count, state.ordered_item_count),
+        "net_spend": state.net_spend,
     }
     return {config.property_prefix + name: value for name, value in values.items()}
+
+
+def serial_returner(state: CustomerState, config: ProjectionConfig) -> bool:
+    """At or over the returns threshold; or, when a rate is configured and enough orders are
+    known, returning at least that share of them (compared exactly, not on the rounded rate)."""
+    if state.return_count >= config.serial_returner_threshold:
+        return True
+    rate = config.serial_returner_rate
+    return (rate is not None and state.order_count >= config.serial_returner_min_orders
+            and state.return_count >= rate * state.order_count)
+
+
+def _ratio(part: int, whole: int) -> Decimal | None:
+    """part / whole to `RATE_PLACES`, or None when there is no whole: never a division by zero,
+    and no rate is better than a made-up one."""
+    if whole <= 0:
+        return None
+    return (Decimal(part) / Decimal(whole)).quantize(RATE_PLACES, rounding=ROUND_HALF_EVEN)
 
 
 def active_skus(active: Sequence[ReturnRecord]) -> list[str]:
@@ -135,7 +171,10 @@ def active_skus(active: Sequence[ReturnRecord]) -> list[str]:
 def klaviyo_events(
     event: ReturnEvent, config: ProjectionConfig, *, backfill: bool = False
 ) -> list[KlaviyoEvent]:
-    """The timeline entries one applied event adds: its own metric, plus one per requested item."""
+    """The timeline entries one applied event adds: its own metric, plus one per requested item.
+    None for an order, whatever the metric names say: Klaviyo has Placed Order from the store."""
+    if event.type is EventType.ORDER_PLACED:
+        return []
     metric = config.metric_names.get(event.type)
     if metric is None:
         return []

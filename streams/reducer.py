@@ -5,6 +5,7 @@ Properties the rules keep, and the hypothesis tests check:
 - a return's status is the one of its greatest (occurred_at, rank, event id): any delivery order
   of the same status events ends on the same status, and an older one never moves it back;
 - money facts are sums over distinct fact ids, so their order does not matter;
+- orders are sums over distinct order refs, and never touch a return;
 - a status event for a status the return already has is a repeat: recorded, never announced again;
 - the state stays bounded whatever the history: beyond `CLOSED_KEPT` closed returns the oldest are
   settled (streams.state), and a settled return is final: an event for it never reopens it, moves
@@ -135,7 +136,10 @@ def _status_changed(state: CustomerState, event: ReturnEvent) -> tuple[CustomerS
 
 def _refund_issued(state: CustomerState, event: ReturnEvent) -> tuple[CustomerState, Applied]:
     state = _record_fact(state, event, Outcome.REFUND, "refund_total")
-    return replace(state, refund_total=state.refund_total + _amount(event)), Applied.APPLIED
+    # Net spend subtracts refunds from orders only when they share a currency (CustomerState.net_spend).
+    currencies = state.refund_currencies | {event.currency} if event.currency else state.refund_currencies
+    total = state.refund_total + _amount(event)
+    return replace(state, refund_total=total, refund_currencies=currencies), Applied.APPLIED
 
 
 def _exchange_created(state: CustomerState, event: ReturnEvent) -> tuple[CustomerState, Applied]:
@@ -166,6 +170,23 @@ def _item_restocked(state: CustomerState, event: ReturnEvent) -> tuple[CustomerS
     return _with_record(state, record, previous), Applied.APPLIED
 
 
+def _order_placed(state: CustomerState, event: ReturnEvent) -> tuple[CustomerState, Applied]:
+    """One more order, its units and its amount (in its currency). Counted once per `order_ref`
+    (`_already_applied` turns a re-sent one away, whatever its event id). It touches no return:
+    an order never opens, closes or counts one."""
+    # Guaranteed by event validation for order.placed.
+    assert event.order_ref and event.amount is not None and event.currency and event.item_count is not None
+    total = state.order_totals.get(event.currency, Decimal(0)) + event.amount
+    totals = {**state.order_totals, event.currency: total}
+    return replace(
+        state,
+        order_count=state.order_count + 1,
+        ordered_item_count=state.ordered_item_count + event.item_count,
+        order_totals=totals,
+        order_digests=digests.added(state.order_digests, digests.digest(event.order_ref)),
+    ), Applied.APPLIED
+
+
 def _for_settled(state: CustomerState, event: ReturnEvent) -> tuple[CustomerState, Applied]:
     """A status event for a settled return: late or re-sent, it never moves the return. It can
     only say the return opened earlier than the customer's first return was thought to."""
@@ -182,6 +203,7 @@ RULES: dict[EventType, Rule] = {
     EventType.STORE_CREDIT_ISSUED: _store_credit_issued,
     EventType.STORE_CREDIT_REDEEMED: _store_credit_redeemed,
     EventType.ITEM_RESTOCKED: _item_restocked,
+    EventType.ORDER_PLACED: _order_placed,
 }
 
 
@@ -192,7 +214,12 @@ RULES: dict[EventType, Rule] = {
 def _already_applied(state: CustomerState, event: ReturnEvent) -> bool:
     """The id was applied: a money fact's at any age (its digest), any other event's while its
     return is kept. Any return's ids are looked at, not only the event's: an id names one fact,
-    whatever a redelivery of it says."""
+    whatever a redelivery of it says. An order is known by its `order_ref`, at any age: a
+    producer re-sending it under another id still places it once."""
+    if event.type is EventType.ORDER_PLACED:
+        assert event.order_ref is not None  # guaranteed by event validation
+        known = state.order_digests
+        return bool(known) and digests.contains(known, digests.digest(event.order_ref))
     if any(event.event_id in record.fact_ids for record in state.returns.values()):
         return True
     return bool(state.fact_digests) and digests.contains(state.fact_digests, digests.digest(event.event_id))

@@ -8,7 +8,8 @@ Bounded whatever the history: open returns are kept in full, closed ones only un
 replace them (`streams.reducer.CLOSED_KEPT`); older ones are *settled*: their counts stay in the
 lifetime totals, their id in `settled_returns` (so a late event for one never reopens or recounts
 it), their SKUs in `settled_skus`. Money facts are remembered as digests in `fact_digests`, so a
-redelivery at any age is applied once.
+redelivery at any age is applied once; orders likewise by their `order_ref` in `order_digests`, so
+the orders count is exact for ever at 8 bytes an order.
 """
 
 from __future__ import annotations
@@ -135,11 +136,32 @@ class CustomerState:
     """Digests of the returns settled out of `returns`: closed, counted, and final."""
     settled_skus: tuple[str, ...] = ()
     """SKUs of settled returns, most recently opened first, each once, bounded."""
+    order_count: int = 0
+    """Distinct orders placed (`order.placed`, one per `order_ref`): the return rate's denominator."""
+    ordered_item_count: int = 0
+    order_totals: Mapping[str, Decimal] = field(default_factory=dict)
+    """Order amounts summed per currency (ISO 4217 -> total)."""
+    refund_currencies: frozenset[str] = frozenset()
+    """Currencies refunds named; a refund naming none is in the store's currency."""
+    order_digests: bytes = b""
+    """Digests of the `order_ref` of every order counted: a re-sent order at any age is a duplicate."""
 
     @property
     def store_credit_balance(self) -> Decimal:
         """Issued minus redeemed, never negative: a redemption seen before its issue waits."""
         return max(Decimal(0), self.store_credit_issued_total - self.store_credit_redeemed_total)
+
+    @property
+    def net_spend(self) -> Decimal | None:
+        """Order amounts minus refunds, when both are in one currency: the orders' only currency,
+        and refunds naming no currency or that one. None without orders or with mixed currencies:
+        amounts in different currencies are never added up."""
+        if len(self.order_totals) != 1:
+            return None
+        ((currency, total),) = self.order_totals.items()
+        if self.refund_currencies - {currency}:
+            return None
+        return total - self.refund_total
 
     @property
     def active_returns(self) -> list[ReturnRecord]:
@@ -185,7 +207,11 @@ class CustomerState:
 FORMAT = 3
 """1: the first layout (JSON only, no `format` key; the last 1,000 event ids, up to 500 returns).
 2: bounded (settled returns; money facts as digests), digests after the JSON.
-3: as 2, each stored record writing its version stamps once (`stamps`, referred to by index)."""
+3: orders (count, items, totals per currency, refund currencies; their digests after the others),
+and each stored record writing its version stamps once (`stamps`, referred to by index).
+A worker reads every format up to its own; an older worker refuses a newer one (loudly: the
+event is dead-lettered and can be re-driven once it is upgraded), so upgrade every worker before
+any of them writes format 3."""
 
 
 def state_to_dict(state: CustomerState) -> dict[str, Any]:
@@ -193,11 +219,13 @@ def state_to_dict(state: CustomerState) -> dict[str, Any]:
         **_head(state, [_record_to_dict(record) for record in state.returns.values()]),
         "fact_digests": _digests_out(state.fact_digests),
         "settled_returns": _digests_out(state.settled_returns),
+        "order_digests": _digests_out(state.order_digests),
     }
 
 
 def state_from_dict(data: Mapping[str, Any]) -> CustomerState:
-    state = _from_head(data, _digests_in(data.get("fact_digests")), _digests_in(data.get("settled_returns")))
+    state = _from_head(data, _digests_in(data.get("fact_digests")), _digests_in(data.get("settled_returns")),
+                       _digests_in(data.get("order_digests")))
     return _from_format_1(state, data) if data.get("format", 1) == 1 else state
 
 
@@ -205,8 +233,8 @@ def state_to_bytes(state: CustomerState) -> bytes:
     """The stored form. Records encoded before are reused: the state agent writes every state it
     makes, and most of a state is the records it kept."""
     head = _head(state, [_record_json(record) for record in state.returns.values()])
-    head["digest_sizes"] = [len(state.fact_digests), len(state.settled_returns)]
-    return orjson.dumps(head) + b"\n" + state.fact_digests + state.settled_returns
+    head["digest_sizes"] = [len(state.fact_digests), len(state.settled_returns), len(state.order_digests)]
+    return orjson.dumps(head) + b"\n" + state.fact_digests + state.settled_returns + state.order_digests
 
 
 def state_from_bytes(value: bytes) -> CustomerState:
@@ -215,8 +243,10 @@ def state_from_bytes(value: bytes) -> CustomerState:
     data = orjson.loads(head)
     if data.get("format", 1) == 1:
         return state_from_dict(data)
-    facts_size, _ = data["digest_sizes"]
-    return _from_head(data, tail[:facts_size], tail[facts_size:])
+    # Format 3 adds the order digests last (a third size); format 2 has none after the settled.
+    facts_size, settled_size = data["digest_sizes"][:2]
+    settled_end = facts_size + settled_size
+    return _from_head(data, tail[:facts_size], tail[facts_size:settled_end], tail[settled_end:])
 
 
 def state_json(value: bytes) -> bytes:
@@ -245,10 +275,16 @@ def _head(state: CustomerState, records: list[Any]) -> dict[str, Any]:
         "first_return_at": _time_out(state.first_return_at),
         "version": state.version,
         "settled_skus": list(state.settled_skus),
+        "order_count": state.order_count,
+        "ordered_item_count": state.ordered_item_count,
+        "order_totals": {currency: str(total) for currency, total in sorted(state.order_totals.items())},
+        "refund_currencies": sorted(state.refund_currencies),
     }
 
 
-def _from_head(data: Mapping[str, Any], fact_digests: bytes, settled_returns: bytes) -> CustomerState:
+def _from_head(
+    data: Mapping[str, Any], fact_digests: bytes, settled_returns: bytes, order_digests: bytes
+) -> CustomerState:
     identity = data["identity"]
     records = (_record_from_dict(item) for item in data["returns"])
     return CustomerState(
@@ -272,6 +308,12 @@ def _from_head(data: Mapping[str, Any], fact_digests: bytes, settled_returns: by
         fact_digests=fact_digests,
         settled_returns=settled_returns,
         settled_skus=tuple(data.get("settled_skus", ())),
+        # Formats 1 and 2 knew no orders.
+        order_count=data.get("order_count", 0),
+        ordered_item_count=data.get("ordered_item_count", 0),
+        order_totals={currency: Decimal(total) for currency, total in data.get("order_totals", {}).items()},
+        refund_currencies=frozenset(data.get("refund_currencies", ())),
+        order_digests=order_digests,
     )
 
 

@@ -24,6 +24,10 @@ topics, and only touches the tables for a record read from that topic, under its
 partition Kafka's partitioner puts the key in. So the order, its returns and their state always
 meet in one partition of one worker, and survive restarts and rebalances with it.
 
+- `orders/create` is also the order itself: besides teaching the join its customer, it is published
+  as `order.placed` (id `shopify:order:<order id>`, so every re-delivery is the same order; the
+  reducer counts an order once per `order_ref`). One whose total cannot be read still joins,
+  counted as skipped `order_not_counted`.
 - order first: its returns find the customer and are normalized at once.
 - return first: it is parked under its order key (never sent anywhere); the order's arrival
   re-normalizes every parked webhook, oldest first, then deletes them. `HELD_EVENTS{source}`

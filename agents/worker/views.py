@@ -77,7 +77,7 @@ def register(runtime: Runtime) -> None:
                 pass
             state = decode_state(runtime.table.get(key.encode()))
             if state is None:
-                return self.json({"error": "no returns known for this customer"}, status=404)
+                return self.json({"error": "no returns or orders known for this customer"}, status=404)
             body = state_to_dict(state)
             body["store_credit_balance"] = str(state.store_credit_balance)
             body["active_returns"] = [record.return_id for record in state.active_returns]

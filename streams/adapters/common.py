@@ -37,6 +37,9 @@ class Skip(StrEnum):
     """A Shopify refund that belongs to no return (an order edit, a cancellation)."""
     NO_CHANGE = "no_change"
     """A known event that changes neither status nor money (a drop-off QR code was generated)."""
+    ORDER_NOT_COUNTED = "order_not_counted"
+    """A Shopify order that joined its customer, but whose total, currency or line items could
+    not be read: no `order.placed` is made of it, so the return rate leaves it out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,7 @@ class Context:
         items: Iterable[ReturnItem] = (),
         currency: str | None = None,
         new_order_ref: str | None = None,
+        item_count: int | None = None,
     ) -> ReturnEvent:
         return ReturnEvent(
             event_id=event_id,
@@ -157,6 +161,7 @@ class Context:
             currency=currency or (self.currency if amount is not None else None),
             items=tuple(items),
             new_order_ref=new_order_ref,
+            item_count=item_count,
         )
 
 

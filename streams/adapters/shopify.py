@@ -6,7 +6,8 @@ its state belongs to the caller:
 
 1. `normalize(raw, customer_for_order)` on `orders/*` returns `Normalized(order_customer=...)`:
    store `order_customer.customer` under `order_customer.order_key`, then re-normalize every raw
-   webhook parked under that key.
+   webhook parked under that key. `orders/create` also yields the order as `order.placed` (the
+   return rate's denominator; `orders/updated` does not: an order is placed once).
 2. On `returns/*` / `refunds/create` it calls `customer_for_order(order_key)`. A customer: the
    events are in `Normalized.events`. None: `Normalized(awaiting_order=order_key)` and no
    events; park the raw webhook under that key and normalize it again in step 1.
@@ -15,9 +16,10 @@ Payload errors are raised before the lookup, so nothing malformed is ever parked
 are `<tenant>/<Shopify order id>`. `to_events(raw, customer)` is the same for one known customer.
 
 Event ids: `shopify:<X-Shopify-Event-Id>` for a return's transition (falling back to the
-delivery id, then a hash); a refund is its own fact, `shopify:refund:<refund id>`.
-`occurred_at` is `X-Shopify-Triggered-At` (returns payloads carry no time), or the refund's
-`processed_at`/`created_at`.
+delivery id, then a hash); a refund is its own fact, `shopify:refund:<refund id>`; an order is
+`shopify:order:<order id>`, so a re-sent `orders/create` is the same order (and the reducer counts
+an order once per `order_ref` anyway). `occurred_at` is `X-Shopify-Triggered-At` (returns payloads
+carry no time), the refund's `processed_at`/`created_at`, or the order's `created_at`.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def normalize(raw: RawWebhook, customer_for_order: CustomerLookup | None = None)
     body = load_object(raw.body)
     lookup = customer_for_order or (lambda _key: None)
     if topic in _ORDER_TOPICS:
-        return _order(raw, body)
+        return _order(raw, body, placed=topic == "orders/create")
     if topic.startswith("returns/"):
         return _return(raw, body, topic, lookup)
     if topic == "refunds/create":
@@ -115,7 +117,7 @@ def normalize(raw: RawWebhook, customer_for_order: CustomerLookup | None = None)
     raise RejectedInput(Reason.UNSUPPORTED_PAYLOAD, f"shopify topic {topic!r} is not supported")
 
 
-def _order(raw: RawWebhook, body: Json) -> Normalized:
+def _order(raw: RawWebhook, body: Json, *, placed: bool) -> Normalized:
     order_id = required_text(body, "id")
     buyer = obj(body, "customer") or {}
     found = customer(
@@ -127,7 +129,38 @@ def _order(raw: RawWebhook, body: Json) -> Normalized:
     if found is None:
         # A POS or draft order without an email: its returns will wait, then dead-letter.
         return Normalized(skipped=Skip.NO_CUSTOMER)
-    return Normalized(order_customer=OrderCustomer(order_key(tenant_of(raw), order_id), found))
+    joined = OrderCustomer(order_key(tenant_of(raw), order_id), found)
+    if not placed:
+        return Normalized(order_customer=joined)
+    try:
+        events = validated([_placed(raw, body, found, order_id)])
+    except RejectedInput:
+        # The join matters more than the count: its returns must still find their customer.
+        return Normalized(order_customer=joined, skipped=Skip.ORDER_NOT_COUNTED)
+    return Normalized(events, order_customer=joined)
+
+
+def _placed(raw: RawWebhook, body: Json, found: Customer, order_id: str) -> ReturnEvent:
+    """The order as the customer paid it: the total in presentment money (the currency its refunds
+    come back in), the units of its lines, and its name, which its returns' names start with."""
+    total = obj(body, "total_price_set")
+    paid = obj(total, "presentment_money", "total_price_set") if total else None
+    if paid is not None:
+        amount = money_field(paid, "amount", "total_price_set.presentment_money")
+        code = text(paid, "currency_code", "total_price_set.presentment_money")
+    else:
+        amount, code = money_field(body, "total_price"), text(body, "currency")
+    lines = objects(body, "line_items")
+    units = sum(quantity(line, "quantity", f"line_items[{i}]") for i, line in enumerate(lines))
+    ctx = Context(SOURCE, tenant_of(raw), found, None, order_ref=text(body, "name") or order_id)
+    return ctx.event(
+        EventType.ORDER_PLACED,
+        fact_id(SOURCE, "order", order_id),
+        time_field(body, "created_at") or _triggered_at(raw),
+        amount=amount,
+        currency=currency(code),
+        item_count=units,
+    )
 
 
 def _return(raw: RawWebhook, body: Json, topic: str, lookup: CustomerLookup) -> Normalized:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ def test_defaults_from_an_empty_environment() -> None:
     )
     assert settings.projection.property_prefix == "returns_"
     assert settings.projection.serial_returner_threshold == 3
+    assert settings.projection.serial_returner_rate is None  # by count only until configured
+    assert settings.projection.serial_returner_min_orders == 5
     assert dict(settings.projection.metric_names) == dict(DEFAULT_METRIC_NAMES)
 
 
@@ -143,6 +146,23 @@ def test_projection_settings() -> None:
     assert len(names) == len(DEFAULT_METRIC_NAMES), "an override replaces a name, it adds no key"
 
 
+def test_serial_returner_rate_settings_are_exact_decimals() -> None:
+    settings = Settings.from_env(
+        {"RETURNSYNC_SERIAL_RETURNER_RATE": " 0.5 ", "RETURNSYNC_SERIAL_RETURNER_MIN_ORDERS": "4"}
+    )
+    assert settings.projection.serial_returner_rate == Decimal("0.5")
+    assert type(settings.projection.serial_returner_rate) is Decimal
+    assert settings.projection.serial_returner_min_orders == 4
+    assert Settings.from_env({"RETURNSYNC_SERIAL_RETURNER_RATE": "1"}).projection.serial_returner_rate == 1
+
+
+def test_a_bad_serial_returner_rate_says_what_is_allowed() -> None:
+    (line,) = error_lines({"RETURNSYNC_SERIAL_RETURNER_RATE": "50%"})
+    assert line.strip().startswith(
+        "RETURNSYNC_SERIAL_RETURNER_RATE='50%': must be a decimal between 0.01 and 1")
+    assert "0.5" in line and "unset" in line
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -173,6 +193,15 @@ def test_projection_settings() -> None:
         ("RETURNSYNC_SYNC_BATCH_SECONDS", "NaN"),
         ("RETURNSYNC_SERIAL_RETURNER_THRESHOLD", "0"),
         ("RETURNSYNC_SERIAL_RETURNER_THRESHOLD", "three"),
+        ("RETURNSYNC_SERIAL_RETURNER_RATE", "0"),
+        ("RETURNSYNC_SERIAL_RETURNER_RATE", "1.5"),
+        ("RETURNSYNC_SERIAL_RETURNER_RATE", "half"),
+        ("RETURNSYNC_SERIAL_RETURNER_RATE", "NaN"),
+        ("RETURNSYNC_SERIAL_RETURNER_RATE", "Infinity"),
+        ("RETURNSYNC_SERIAL_RETURNER_RATE", "-0.5"),
+        ("RETURNSYNC_SERIAL_RETURNER_MIN_ORDERS", "0"),
+        ("RETURNSYNC_SERIAL_RETURNER_MIN_ORDERS", "five"),
+        ("RETURNSYNC_METRIC_NAMES", '{"order.placed": "Placed Order"}'),
         ("RETURNSYNC_METRIC_NAMES", "{not json"),
         ("RETURNSYNC_METRIC_NAMES", '["Return Requested"]'),
         ("RETURNSYNC_METRIC_NAMES", '{"return.shipped": "Return Shipped"}'),

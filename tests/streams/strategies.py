@@ -4,8 +4,10 @@ A stream is what one customer's partition of `returns.events` could hold: a few 
 walking part of a real lifecycle (snapshot platforms resend the items with every status, event
 platforms send them once), money facts with stable ids the way adapters derive them
 (`loop:refund:<id>`), store-credit redemptions on later orders, and restocks. Times come from a
-coarse grid so equal `occurred_at` values (ties) are common. Every event goes through
-`event_from_dict`, so the streams are exactly what the parser lets into the reducer.
+coarse grid so equal `occurred_at` values (ties) are common. Orders (`order.placed`) are
+interleaved at any time, before or after their returns, now and then in a second currency. Every
+event goes through `event_from_dict`, so the streams are exactly what the parser lets into the
+reducer.
 """
 
 from __future__ import annotations
@@ -192,6 +194,27 @@ def return_facts(
 
 
 @st.composite
+def order_facts(draw: st.DrawFn, customer: dict[str, Any], source: str, tag: str,
+                max_orders: int = 4, first: int = 0, base: int = 0) -> list[dict[str, Any]]:
+    """Orders the customer placed, one `order.placed` each (distinct ids and order refs from
+    `first` on; some share their ref with a return's order, as a return of that order would)."""
+    facts = []
+    for n in range(first, first + draw(st.integers(min_value=0, max_value=max_orders))):
+        facts.append({
+            "event_id": f"{source}:order:{tag}-{n}",
+            "type": "order.placed",
+            "source": source,
+            "customer": draw(customer_blocks(customer)),
+            "occurred_at": at(base + draw(offsets)),
+            "order_ref": f"#{1000 + n}",
+            "amount": str(draw(money)),
+            "currency": draw(st.sampled_from(("USD", "USD", "USD", "EUR"))),
+            "item_count": draw(st.integers(min_value=0, max_value=5)),
+        })
+    return facts
+
+
+@st.composite
 def customer_streams(draw: st.DrawFn, customer: dict[str, Any] | None = None) -> list[ReturnEvent]:
     """One customer's events, in a plausible delivery order (by time, ties in any order)."""
     customer = customer or draw(st.sampled_from(CUSTOMERS))
@@ -213,6 +236,7 @@ def customer_streams(draw: st.DrawFn, customer: dict[str, Any] | None = None) ->
                 "currency": "USD",
             }
         )
+    facts += draw(order_facts(customer, source, tag))
     facts = [{key: value for key, value in fact.items() if value is not None} for fact in facts]
     ordered = sorted(draw(st.permutations(facts)), key=lambda fact: fact["occurred_at"])
     return [event_from_dict(fact) for fact in ordered]
@@ -241,6 +265,7 @@ def long_customer_streams(draw: st.DrawFn, min_returns: int = 20, max_returns: i
     for n in range(draw(st.integers(min_value=min_returns, max_value=max_returns))):
         base = n * draw(st.sampled_from((1440, 2880)))
         facts += draw(return_facts(customer, f"{source}-{tag}-{1000 + n}", source, min_statuses=1, base=base))
+        facts += draw(order_facts(customer, source, tag, max_orders=2, first=3 * n, base=base))
     facts = [{key: value for key, value in fact.items() if value is not None} for fact in facts]
     ordered = sorted(draw(st.permutations(facts)), key=lambda fact: fact["occurred_at"])
     return [event_from_dict(fact) for fact in ordered]

@@ -44,7 +44,44 @@ def test_fixture_gives_exactly_the_expected_events(name: str) -> None:
 @pytest.mark.parametrize("name", ["orders_create", "orders_updated"])
 def test_order_webhooks_teach_the_customer_of_the_order(name: str) -> None:
     result = shopify.normalize(raw_fixture("shopify", name))
-    assert result == Normalized(order_customer=shopify.OrderCustomer(ORDER_KEY, SAM))
+    assert result.order_customer == shopify.OrderCustomer(ORDER_KEY, SAM)
+    assert (result.awaiting_order, result.skipped, result.unknown_status) == (None, None, None)
+
+
+def test_orders_create_places_the_order_once_and_orders_updated_places_nothing() -> None:
+    (placed,) = shopify.normalize(raw_fixture("shopify", "orders_create")).events
+    assert placed.type is EventType.ORDER_PLACED
+    assert (placed.event_id, placed.order_ref) == ("shopify:order:5196695273621", "#1106")
+    assert placed.customer == SAM
+    assert (placed.amount, placed.currency, placed.item_count) == (Decimal("123.12"), "USD", 2)
+    assert placed.return_id is None and placed.items == ()
+    # Shopify re-sends a webhook it thinks failed: the same id, so the same order.
+    again = shopify.normalize(raw_fixture("shopify", "orders_create", **{"X-Shopify-Event-Id": "999"}))
+    assert again.events == (placed,)
+    assert shopify.normalize(raw_fixture("shopify", "orders_updated")).events == ()
+
+
+def test_an_order_is_counted_in_the_money_the_customer_paid() -> None:
+    body = fixture_json("shopify", "orders_create")
+    body["total_price_set"]["presentment_money"] = {"amount": "112.40", "currency_code": "EUR"}
+    (placed,) = shopify.normalize(raw("shopify", body, fixture_headers("shopify", "orders_create"))).events
+    assert (placed.amount, placed.currency) == (Decimal("112.40"), "EUR")
+    del body["total_price_set"]
+    (placed,) = shopify.normalize(raw("shopify", body, fixture_headers("shopify", "orders_create"))).events
+    assert (placed.amount, placed.currency) == (Decimal("123.12"), "USD")
+
+
+@pytest.mark.parametrize("change", [
+    {"total_price_set": None, "total_price": None},
+    {"total_price_set": None, "currency": None},
+    {"total_price_set": None, "total_price": "a lot"},
+    {"line_items": [{"quantity": 0}]},
+])
+def test_an_order_that_cannot_be_counted_still_joins_its_returns(change: dict[str, Any]) -> None:
+    body = {**fixture_json("shopify", "orders_create"), **change}
+    result = shopify.normalize(raw("shopify", body, fixture_headers("shopify", "orders_create")))
+    assert result == Normalized(order_customer=shopify.OrderCustomer(ORDER_KEY, SAM),
+                                skipped=Skip.ORDER_NOT_COUNTED)
 
 
 @pytest.mark.parametrize("name", [n for n in fixture_names("shopify") if not n.startswith("orders_")])
@@ -86,7 +123,7 @@ def test_join_gives_the_same_events_whatever_the_arrival_order() -> None:
         assert not caller.parked
         outcomes.append(sorted(e.event_id for e in caller.emitted))
     assert all(outcome == outcomes[0] for outcome in outcomes)
-    assert len(outcomes[0]) == 5  # request, approve, refund, close, exchange
+    assert len(outcomes[0]) == 6  # order, request, approve, refund, close, exchange
 
 
 def test_a_return_parked_before_any_order_webhook_is_released_by_orders_updated() -> None:
@@ -112,6 +149,9 @@ def test_full_flow_through_the_reducer() -> None:
     }
     assert (state.refund_total, state.exchange_count) == (Decimal("41.04"), 1)
     assert state.identity.external_id == "6612345678901"
+    # One order placed (its returns name it as "#1106-R<n>"), three returns of it.
+    assert (state.order_count, state.ordered_item_count, state.return_count) == (1, 2, 3)
+    assert state.net_spend == Decimal("123.12") - Decimal("41.04")
 
 
 def test_event_id_falls_back_to_the_delivery_id_then_a_hash() -> None:

@@ -163,6 +163,7 @@ def test_unknown_type(raw: dict[str, Any], value: str) -> None:
 @pytest.mark.parametrize("event_type", list(EventType))
 def test_every_canonical_type_parses(raw: dict[str, Any], event_type: EventType) -> None:
     raw["type"] = event_type.value
+    raw["item_count"] = 3  # what order.placed needs besides the return event's fields
     assert event_from_dict(raw).type is event_type
 
 
@@ -178,6 +179,7 @@ def test_return_id_required_for_status_types(raw: dict[str, Any], event_type: Ev
 @pytest.mark.parametrize("event_type", FACT_TYPES)
 def test_return_id_optional_for_fact_types(raw: dict[str, Any], event_type: EventType) -> None:
     raw["type"] = event_type.value
+    raw["item_count"] = 3
     del raw["return_id"]
     assert event_from_dict(raw).return_id is None
 
@@ -657,3 +659,39 @@ def test_absurd_quantity_is_refused(raw: dict[str, Any], quantity: int) -> None:
     assert rejected(raw).reason is Reason.INVALID_FIELD
     raw["items"][0]["quantity"] = 1_000_000
     assert event_from_dict(raw).items[0].quantity == 1_000_000
+
+
+# --- order.placed ------------------------------------------------------------------------------------
+
+ORDER: dict[str, Any] = {
+    "event_id": "api:order:2001", "type": "order.placed", "occurred_at": "2025-02-02T11:00:00Z",
+    "customer": {"email": "Olivia.Martin@Example.com"}, "order_ref": "#2001", "amount": "84.00",
+    "currency": "USD", "item_count": 3,
+}
+
+
+def test_an_order_parses_and_round_trips() -> None:
+    placed = event_from_dict(ORDER)
+    assert placed.type is EventType.ORDER_PLACED and not placed.type.is_status
+    assert (placed.order_ref, placed.amount, placed.currency, placed.item_count) == (
+        "#2001", Decimal("84.00"), "USD", 3)
+    assert placed.return_id is None and placed.customer_key == "default/olivia.martin@example.com"
+    assert event_from_dict(event_to_dict(placed)) == placed
+    assert event_to_dict(placed)["item_count"] == 3
+    assert event_from_dict({**ORDER, "item_count": 0, "amount": "0"}).item_count == 0  # a free sample
+
+
+def test_an_order_names_every_missing_field_at_once() -> None:
+    needed = ("order_ref", "amount", "currency", "item_count")
+    bare = {key: value for key, value in ORDER.items() if key not in needed}
+    error = rejected(bare)
+    assert error.reason is Reason.MISSING_FIELD
+    assert error.detail.startswith("order_ref, amount, currency, item_count required for order.placed")
+    assert rejected({**ORDER, "item_count": None}).detail.startswith("item_count required")
+
+
+@pytest.mark.parametrize("count", [-1, 1.5, "3", True, 1_000_001])
+def test_item_count_must_be_a_whole_number_of_units(count: Any) -> None:
+    error = rejected({**ORDER, "item_count": count})
+    assert error.reason is Reason.INVALID_FIELD
+    assert error.detail == "item_count must be an integer from 0 to 1000000"

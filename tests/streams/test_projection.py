@@ -38,6 +38,10 @@ PROPERTY_TYPES: dict[str, Any] = {
     "returns_store_credit_balance": Decimal,
     "returns_serial_returner": bool,
     "returns_first_return_at": str,
+    "returns_orders_count": int,
+    "returns_rate": Decimal,
+    "returns_item_rate": Decimal,
+    "returns_net_spend": Decimal,
 }
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 PASCAL = re.compile(r"^[A-Z][A-Za-z]*$")
@@ -82,6 +86,11 @@ def test_properties_of_a_customer_with_an_open_return() -> None:
         "returns_store_credit_balance": Decimal(0),
         "returns_serial_returner": True,
         "returns_first_return_at": "2025-01-05T09:00:00Z",
+        # No order known: no count, rate or net spend rather than made-up ones.
+        "returns_orders_count": None,
+        "returns_rate": None,
+        "returns_item_rate": None,
+        "returns_net_spend": None,
     }
 
 
@@ -193,8 +202,9 @@ def test_default_metric_names_match_the_spec() -> None:
     }
 
 
-@pytest.mark.parametrize("event_type", [t for t in EventType if t is not EventType.ITEM_RESTOCKED])
-def test_every_type_but_restock_sends_its_metric(event_type: EventType) -> None:
+@pytest.mark.parametrize("event_type", [t for t in EventType if t not in (EventType.ITEM_RESTOCKED,
+                                                                           EventType.ORDER_PLACED)])
+def test_every_type_but_restock_and_order_sends_its_metric(event_type: EventType) -> None:
     item = event(event_type.value, event_id="evt-9", return_id="R1")
     (sent,) = klaviyo_events(item, CONFIG)
     assert sent.metric == DEFAULT_METRIC_NAMES[event_type]
@@ -386,3 +396,82 @@ def test_projection_is_pure() -> None:
     assert profile_properties(state, CONFIG) == profile_properties(state, CONFIG)
     requested = first("serial_returner_active_return.jsonl", EventType.RETURN_REQUESTED)
     assert klaviyo_events(requested, CONFIG) == klaviyo_events(requested, CONFIG)
+
+
+# --- orders: rate, item rate, net spend ------------------------------------------------------------
+
+
+def order(ref: str, amount: str = "50.00", currency: str = "USD", items: int = 2) -> ReturnEvent:
+    return event("order.placed", event_id=f"api:order:{ref}", order_ref=ref, amount=amount, currency=currency,
+                 item_count=items)
+
+
+def test_order_properties_of_a_customer_with_orders_and_a_return() -> None:
+    properties = profile_properties(state_of("orders_with_a_return.jsonl"), CONFIG)
+    # 3 orders (#2002 re-sent under another id, #2001 delivered twice), 8 units, 243.50 USD;
+    # 1 return of 2 units, refunded 56.00.
+    assert {key: properties[key] for key in ("returns_orders_count", "returns_rate", "returns_item_rate",
+                                             "returns_net_spend", "returns_count")} == {
+        "returns_orders_count": 3,
+        "returns_rate": Decimal("0.3333"),
+        "returns_item_rate": Decimal("0.2500"),
+        "returns_net_spend": Decimal("187.50"),
+        "returns_count": 1,
+    }
+
+
+def test_rates_are_rounded_half_even_to_four_places() -> None:
+    tie = reduce_events([order("#1", items=32), event("return.requested", items=[{"sku": "A"}])])
+    assert tie is not None
+    assert profile_properties(tie, CONFIG)["returns_item_rate"] == Decimal("0.0312")  # 1/32 = 0.03125
+    two_of_three = reduce_events([order("#1"), order("#2"), order("#3"),
+                                  event("return.requested", return_id="R1", event_id="r1"),
+                                  event("return.requested", return_id="R2", event_id="r2")])
+    assert two_of_three is not None
+    assert profile_properties(two_of_three, CONFIG)["returns_rate"] == Decimal("0.6667")
+
+
+def test_net_spend_only_in_one_currency() -> None:
+    refund = event("refund.issued", event_id="rf1", return_id="R1", amount="20.00", currency="USD")
+    no_currency = event("refund.issued", event_id="rf2", return_id="R1", amount="5.00")
+    euro_refund = event("refund.issued", event_id="rf3", return_id="R1", amount="5.00", currency="EUR")
+
+    def net(*events: ReturnEvent) -> Decimal | None:
+        state = reduce_events(list(events))
+        assert state is not None
+        value: Decimal | None = profile_properties(state, CONFIG)["returns_net_spend"]
+        return value
+
+    assert net(order("#1"), order("#2", "30.00"), refund) == Decimal("60.00")
+    assert net(order("#1"), refund, no_currency) == Decimal("25.00"), "no currency named: the store's"
+    assert net(order("#1"), order("#2", currency="EUR")) is None, "never USD + EUR"
+    assert net(order("#1"), euro_refund) is None, "never USD - EUR"
+    assert net(order("#1", currency="EUR"), euro_refund) == Decimal("45.00")
+    assert net(refund) is None, "no order known: nothing to subtract from"
+    assert net(order("#1", "10.00"), refund) == Decimal("-10.00"), "refunds of orders never seen show"
+
+
+def test_an_order_sends_no_klaviyo_event_whatever_the_metric_names() -> None:
+    placed = first("orders_with_a_return.jsonl", EventType.ORDER_PLACED)
+    assert klaviyo_events(placed, CONFIG) == []
+    assert klaviyo_events(placed, CONFIG, backfill=True) == []
+    named = ProjectionConfig(metric_names={**DEFAULT_METRIC_NAMES, EventType.ORDER_PLACED: "Placed Order"})
+    assert klaviyo_events(placed, named) == []
+
+
+@pytest.mark.parametrize(("orders", "returns", "expected"), [
+    (4, 2, True),    # 0.5 of 4 orders, at the minimum
+    (3, 2, False),   # 0.67 but under the 4-order minimum
+    (5, 2, False),   # 0.4 of 5
+    (6, 3, True),    # at or over the rate: exact, not the rounded 0.5
+])
+def test_serial_returner_by_rate_needs_the_minimum_orders(orders: int, returns: int, expected: bool) -> None:
+    events = [order(f"#{n}") for n in range(orders)]
+    events += [event("return.requested", return_id=f"R{n}", event_id=f"r{n}") for n in range(returns)]
+    state = reduce_events(events)
+    assert state is not None
+    config = ProjectionConfig(serial_returner_threshold=10, serial_returner_rate=Decimal("0.5"),
+                              serial_returner_min_orders=4)
+    assert profile_properties(state, config)["returns_serial_returner"] is expected
+    by_count = ProjectionConfig(serial_returner_threshold=10)
+    assert profile_properties(state, by_count)["returns_serial_returner"] is False

@@ -91,6 +91,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "store_credit_issued_total": Decimal(0), "store_credit_balance": Decimal(0), "active": [],
         "first_return_at": "2025-09-01T09:00:00+00:00", "last": ("61007", "closed", "refund", "Too large"),
     },
+    "orders_with_a_return.jsonl": {
+        "return_count": 1, "item_count": 2, "refund_total": Decimal("56.00"), "exchange_count": 0,
+        "store_credit_issued_total": Decimal(0), "store_credit_balance": Decimal(0), "active": [],
+        "first_return_at": "2025-03-01T09:00:00+00:00", "last": ("lr-2001", "closed", "refund", "Too small"),
+    },
 }  # fmt: skip
 
 
@@ -146,7 +151,7 @@ def test_first_event_creates_the_customer_state() -> None:
     )
 
 
-@pytest.mark.parametrize("event_type", list(EventType))
+@pytest.mark.parametrize("event_type", [t for t in EventType if t is not EventType.ORDER_PLACED])
 def test_an_applied_event_id_changes_nothing(event_type: EventType) -> None:
     item = event(event_type.value, event_id="evt-1", return_id="R1", amount="10.00", items=[TEE])
     once = apply_event(None, item).state

@@ -37,7 +37,8 @@ def reduce(events: list[ReturnEvent]) -> CustomerState:
 
 def lifetime(model: Model | CustomerState) -> tuple[object, ...]:
     return (model.return_count, model.item_count, model.refund_total, model.exchange_count,
-            model.store_credit_issued_total, model.store_credit_balance, model.first_return_at)
+            model.store_credit_issued_total, model.store_credit_balance, model.first_return_at,
+            model.order_count, model.ordered_item_count, dict(model.order_totals), model.net_spend)
 
 
 def check_exact(state: CustomerState, events: list[ReturnEvent]) -> None:
@@ -51,6 +52,8 @@ def check_exact(state: CustomerState, events: list[ReturnEvent]) -> None:
             assert record.outcome == truth.outcomes[return_id], return_id
     settled = truth.statuses.keys() - state.returns.keys()
     assert digests.count(state.settled_returns) == len(settled)
+    # Orders are remembered as 8-byte digests of their refs, one each, and nothing else grows.
+    assert digests.count(state.order_digests) == truth.order_count
 
 
 def displaced(events: list[ReturnEvent], data: st.DataObject) -> list[ReturnEvent]:

@@ -3,7 +3,9 @@
 Delivery in returns.events is at-least-once and producers can be late, so the reducer must give
 the same answer for any delivery order of the same facts, with duplicates anywhere, and a replay
 must give the state live processing gave. An independent model of SPEC §4 (`expected`) checks
-that the answer is also the right one, not only a stable one.
+that the answer is also the right one, not only a stable one. Orders (`order.placed`) ride in the
+same streams: the model counts them as distinct order refs, and keeps the return facts apart
+from them, so an order that opened, closed or counted a return would show.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from fractions import Fraction
+from typing import Any
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.codec import decode_state, encode_state
 from streams.events import EventType, ReturnEvent
 from streams.projection import ProjectionConfig, profile_properties
 from streams.reducer import Applied, apply_event, reduce_events
@@ -51,6 +56,10 @@ class Model:
     store_credit_balance: Decimal
     first_return_at: datetime | None
     outcomes: dict[str, str | None]
+    order_count: int
+    ordered_item_count: int
+    order_totals: dict[str, Decimal]
+    net_spend: Decimal | None
 
 
 def expected(events: list[ReturnEvent]) -> Model:
@@ -95,6 +104,13 @@ def expected(events: list[ReturnEvent]) -> Model:
         for return_id in statuses
     }
     issued = total(EventType.STORE_CREDIT_ISSUED)
+    orders = {e.order_ref: e for e in facts if e.type is EventType.ORDER_PLACED}.values()
+    order_totals: dict[str, Decimal] = defaultdict(Decimal)
+    for order in orders:
+        assert order.currency is not None and order.amount is not None
+        order_totals[order.currency] += order.amount
+    refund_currencies = {e.currency for e in facts if e.type is EventType.REFUND_ISSUED and e.currency}
+    single = set(order_totals) if len(order_totals) == 1 else None
     return Model(
         statuses=statuses,
         return_count=len(by_return),
@@ -105,6 +121,11 @@ def expected(events: list[ReturnEvent]) -> Model:
         store_credit_balance=max(Decimal(0), issued - total(EventType.STORE_CREDIT_REDEEMED)),
         first_return_at=min((e.occurred_at for e in status_events), default=None),
         outcomes=outcomes,
+        order_count=len(orders),
+        ordered_item_count=sum(order.item_count or 0 for order in orders),
+        order_totals=dict(order_totals),
+        net_spend=(sum(order_totals.values(), Decimal(0)) - total(EventType.REFUND_ISSUED)
+                   if single and refund_currencies <= single else None),
     )
 
 
@@ -120,7 +141,20 @@ def observed(state: CustomerState) -> Model:
         store_credit_balance=state.store_credit_balance,
         first_return_at=state.first_return_at,
         outcomes={return_id: record.outcome for return_id, record in counted.items()},
+        order_count=state.order_count,
+        ordered_item_count=state.ordered_item_count,
+        order_totals=dict(state.order_totals),
+        net_spend=state.net_spend,
     )
+
+
+def rate(part: int, whole: int) -> Fraction | None:
+    """The model's rate: exact, then to 4 places half-even (Python's round on a Fraction)."""
+    return round(Fraction(part, whole), 4) if whole else None
+
+
+def as_fraction(value: Any) -> Fraction | None:
+    return None if value is None else Fraction(value)
 
 
 # --- the state is the right one -----------------------------------------------------------------
@@ -138,6 +172,11 @@ def test_state_matches_the_spec_model(events: list[ReturnEvent]) -> None:
     assert properties["returns_active"] is bool(active)
     assert properties["returns_active_count"] == len(active)
     assert properties["returns_serial_returner"] is (state.return_count >= 3)
+    model = expected(events)
+    assert properties["returns_orders_count"] == (model.order_count or None)
+    assert as_fraction(properties["returns_rate"]) == rate(model.return_count, model.order_count)
+    assert as_fraction(properties["returns_item_rate"]) == rate(model.item_count, model.ordered_item_count)
+    assert properties["returns_net_spend"] == model.net_spend
 
 
 # --- (a) duplicates never change state -------------------------------------------------------------
@@ -241,3 +280,104 @@ def test_duplicates_anywhere_in_any_order_converge(events: list[ReturnEvent], da
     assert canonical(state) == canonical(reduce(events))
     assert profile_properties(state, CONFIG) == profile_properties(reduce(events), CONFIG)
     assert state.version == len(events)
+
+
+# --- (f) orders: the return rate over orders and returns in any order --------------------------
+
+
+def orders_of(events: list[ReturnEvent]) -> list[ReturnEvent]:
+    return [event for event in events if event.type is EventType.ORDER_PLACED]
+
+
+def order_properties(state: CustomerState, config: ProjectionConfig = CONFIG) -> dict[str, Any]:
+    names = ("orders_count", "rate", "item_rate", "net_spend", "serial_returner", "count", "items_count")
+    properties = profile_properties(state, config)
+    return {name: properties[f"returns_{name}"] for name in names}
+
+
+@EXAMPLES
+@given(customer_streams(), st.data())
+def test_orders_and_returns_in_any_order_with_re_sends_give_the_same_rate(
+    events: list[ReturnEvent], data: st.DataObject
+) -> None:
+    orders = orders_of(events)
+    # A producer re-sending an order under a new id is still one order (known by its order_ref).
+    picked = data.draw(st.lists(st.sampled_from(orders), max_size=4), label="re-sent") if orders else []
+    resent = [replace(order, event_id=f"{order.event_id}:resent") for order in picked]
+    again = data.draw(st.lists(st.sampled_from(events), max_size=len(events)), label="redelivered")
+    delivered = data.draw(st.permutations([*events, *resent, *again]), label="delivery order")
+    state = reduce(delivered)
+    truth = expected(events)
+    assert state.order_count == truth.order_count == len({order.order_ref for order in orders})
+    assert order_properties(state) == order_properties(reduce(events))
+    assert as_fraction(order_properties(state)["rate"]) == rate(truth.return_count, truth.order_count)
+    assert state.version == len(events), "a re-sent order applies nothing"
+
+
+@EXAMPLES
+@given(customer_streams(), st.data())
+def test_a_replay_through_the_stored_bytes_gives_the_same_rate(
+    events: list[ReturnEvent], data: st.DataObject
+) -> None:
+    # The table holds format-3 bytes (order digests after the others): a restart mid-stream and a
+    # replay from the start must agree on every order property.
+    cut = data.draw(st.integers(min_value=0, max_value=len(events)), label="restart after")
+    before = reduce_events(events[:cut])
+    restored = decode_state(encode_state(before)) if before is not None else None
+    assert restored == before
+    resumed = reduce_events(events[cut:], restored)
+    assert resumed is not None
+    assert resumed == reduce(events) == reduce(list(events))
+    assert order_properties(resumed) == order_properties(reduce(events))
+
+
+@EXAMPLES
+@given(customer_streams())
+def test_orders_never_open_close_or_count_a_return(events: list[ReturnEvent]) -> None:
+    with_orders = reduce(events)
+    returns_only = reduce_events([event for event in events if event.type is not EventType.ORDER_PLACED])
+    if returns_only is None:  # orders only: no return anywhere
+        assert (with_orders.returns, with_orders.return_count, with_orders.item_count) == ({}, 0, 0)
+        return
+    assert with_orders.returns == returns_only.returns
+    assert lifetime_of_returns(with_orders) == lifetime_of_returns(returns_only)
+    assert returns_only.order_count == 0 and returns_only.order_digests == b""
+
+
+def lifetime_of_returns(state: CustomerState) -> tuple[object, ...]:
+    return (state.return_count, state.item_count, state.refund_total, state.exchange_count,
+            state.store_credit_issued_total, state.store_credit_redeemed_total, state.first_return_at,
+            state.fact_digests, state.settled_returns, state.settled_skus)
+
+
+@EXAMPLES
+@given(customer_streams())
+def test_rates_are_absent_without_a_denominator_never_a_division_by_zero(events: list[ReturnEvent]) -> None:
+    no_orders = reduce_events([event for event in events if event.type is not EventType.ORDER_PLACED])
+    if no_orders is not None:
+        properties = order_properties(no_orders)
+        assert (properties["orders_count"], properties["rate"], properties["item_rate"]) == (None, None, None)
+        assert properties["net_spend"] is None
+    state = reduce(events)
+    properties = order_properties(state)
+    assert (properties["rate"] is None) is (state.order_count == 0)
+    assert (properties["item_rate"] is None) is (state.ordered_item_count == 0)
+    assert (properties["net_spend"] is None) is (expected(events).net_spend is None)
+
+
+@EXAMPLES
+@given(customer_streams(), st.sampled_from(["0.25", "0.5", "1"]), st.integers(min_value=1, max_value=4),
+       st.integers(min_value=1, max_value=6))
+def test_serial_returner_by_rate_is_the_rule_on_exact_counts(
+    events: list[ReturnEvent], threshold_rate: str, min_orders: int, threshold: int
+) -> None:
+    config = ProjectionConfig(serial_returner_threshold=threshold, serial_returner_min_orders=min_orders,
+                              serial_returner_rate=Decimal(threshold_rate))
+    truth = expected(events)
+    by_rate = (truth.order_count >= min_orders
+               and Fraction(truth.return_count) >= Fraction(threshold_rate) * truth.order_count)
+    serial = order_properties(reduce(events), config)["serial_returner"]
+    assert serial is (truth.return_count >= threshold or by_rate)
+    # Without a configured rate, only the count decides, as before orders existed.
+    by_count = replace(config, serial_returner_rate=None)
+    assert order_properties(reduce(events), by_count)["serial_returner"] is (truth.return_count >= threshold)

@@ -2,44 +2,106 @@
 returnsync carries on from it, and writes the current format.
 
 `tests/fixtures/state_format_1/` holds table values written by returnsync at commit 137f813
-(format 1: JSON only, the last 1,000 event ids): one per canonical fixture, and one for
-`serial_history(1200)`. They were made by running that commit's `streams.reducer.reduce_events`
-and `streams.codec.encode_state` over those events. `tests/fixtures/state_format_2/` holds the
-same, written by commit 0ed3562 (format 2: bounded, digests after the JSON, stamps in full).
+(format 1: JSON only, the last 1,000 event ids): one per canonical fixture of that time, and one
+for `serial_history(1200)`. `tests/fixtures/state_format_2/` holds the same written at commit
+0ed3562 (format 2: bounded, digests after the JSON; no orders). They were made by running that
+commit's `streams.reducer.reduce_events` and `streams.codec.encode_state` over those events.
+Fixtures with orders (`order.placed`, format 3) postdate both.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import pytest
 
 from streams.codec import decode_state, encode_state
-from streams.events import ReturnEvent
+from streams.events import EventType, ReturnEvent
 from streams.projection import ProjectionConfig, profile_properties
 from streams.reducer import CLOSED_KEPT, Applied, apply_event, reduce_events
-from streams.state import FORMAT, CustomerState
+from streams.state import FORMAT, CustomerState, ReturnRecord
 from tests.streams.strategies import event, fixture_names, load_fixture, serial_history
 
-FORMAT_1 = Path(__file__).parent.parent / "fixtures" / "state_format_1"
-FORMAT_2 = Path(__file__).parent.parent / "fixtures" / "state_format_2"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+FORMAT_1 = FIXTURES / "state_format_1"
+FORMAT_2 = FIXTURES / "state_format_2"
 CONFIG = ProjectionConfig()
 
 
-def histories() -> list[tuple[str, list[ReturnEvent]]]:
+def all_histories() -> list[tuple[str, list[ReturnEvent]]]:
     named = [(name.removesuffix(".jsonl"), load_fixture(name)) for name in fixture_names()]
     return [*named, ("serial_history_1200", serial_history(1200))]
+
+
+def histories() -> list[tuple[str, list[ReturnEvent]]]:
+    """The histories formats 1 and 2 could hold: those without orders."""
+    return [(name, events) for name, events in all_histories()
+            if all(item.type is not EventType.ORDER_PLACED for item in events)]
+
+
+def without_return_extras(state: CustomerState) -> CustomerState:
+    """The state as format 2 could hold it: returns without what format 3 added to them."""
+    def stripped(record: ReturnRecord) -> ReturnRecord:
+        stamps = {name: stamp for name, stamp in record.details_version.items()
+                  if name not in ("source", "currency")}
+        return replace(record, source=None, currency=None, items=(), refund_total=Decimal(0),
+                       store_credit_total=Decimal(0), details_version=stamps)
+    return replace(state, returns={key: stripped(record) for key, record in state.returns.items()})
 
 
 def format_1(name: str) -> bytes:
     return (FORMAT_1 / f"{name}.json").read_bytes().rstrip(b"\n")
 
 
-def test_every_history_has_its_format_1_value() -> None:
+def format_2(name: str) -> bytes:
+    return (FORMAT_2 / f"{name}.state").read_bytes()
+
+
+def test_every_history_has_its_format_1_and_2_values() -> None:
     assert {path.stem for path in FORMAT_1.glob("*.json")} == {name for name, _ in histories()}
+    assert {path.stem for path in FORMAT_2.glob("*.state")} == {name for name, _ in histories()}
+    assert len(histories()) < len(all_histories()), "a fixture with orders is checked in format 3"
     for name, _ in histories():
         assert "format" not in orjson.loads(format_1(name)), "format 1 predates the key"
+        head = orjson.loads(format_2(name).partition(b"\n")[0])
+        assert head["format"] == 2 and len(head["digest_sizes"]) == 2 and "order_count" not in head
+
+
+@pytest.mark.parametrize(("name", "events"), histories(), ids=[name for name, _ in histories()])
+def test_a_format_2_state_reads_as_the_same_customer_without_orders(
+    name: str, events: list[ReturnEvent]
+) -> None:
+    upgraded = decode_state(format_2(name))
+    current = reduce_events(events)
+    assert upgraded is not None and current is not None
+    assert upgraded.fact_digests == current.fact_digests
+    assert upgraded.settled_returns == current.settled_returns
+    assert (upgraded.order_count, upgraded.order_digests, upgraded.order_totals) == (0, b"", {})
+    # Refund currencies are new in format 3: a format-2 state's refunds count as the store's currency.
+    # So are each return's platform, currency and own money (for custom objects): those start empty.
+    assert replace(upgraded, refund_currencies=current.refund_currencies) == without_return_extras(current)
+    assert profile_properties(upgraded, CONFIG) == profile_properties(current, CONFIG)
+    for old in events:
+        assert apply_event(upgraded, old).applied is Applied.DUPLICATE or old.type.is_status, old.event_id
+
+
+@pytest.mark.parametrize(("name", "events"), histories(), ids=[name for name, _ in histories()])
+def test_orders_after_a_format_2_state_count_and_write_format_3(name: str, events: list[ReturnEvent]) -> None:
+    upgraded = decode_state(format_2(name))
+    assert upgraded is not None
+    email = upgraded.identity.email
+    order = event("order.placed", event_id="after-upgrade:order", customer=email, order_ref="#after",
+                  occurred_at="2031-01-01T00:00:00Z", amount="10.00", currency="USD", item_count=2)
+    after = apply_event(upgraded, order).state
+    assert (after.order_count, after.ordered_item_count) == (1, 2)
+    assert apply_event(after, order).applied is Applied.DUPLICATE
+    stored = encode_state(after)
+    assert orjson.loads(stored.partition(b"\n")[0])["format"] == FORMAT == 3
+    assert decode_state(stored) == after
+    assert profile_properties(after, CONFIG)["returns_orders_count"] == 1
 
 
 @pytest.mark.parametrize(("name", "events"), histories(), ids=[name for name, _ in histories()])
@@ -63,6 +125,13 @@ def test_events_applied_before_the_upgrade_stay_applied(name: str, events: list[
         assert result.state == upgraded
 
 
+@pytest.mark.parametrize(("name", "events"), all_histories(), ids=[name for name, _ in all_histories()])
+def test_the_current_format_reads_back(name: str, events: list[ReturnEvent]) -> None:
+    state = reduce_events(events)
+    assert state is not None
+    assert decode_state(encode_state(state)) == state
+
+
 @pytest.mark.parametrize(("name", "events"), histories(), ids=[name for name, _ in histories()])
 def test_the_next_write_is_the_current_format_and_reads_back(name: str, events: list[ReturnEvent]) -> None:
     upgraded = decode_state(format_1(name))
@@ -84,43 +153,3 @@ def test_an_upgraded_long_history_settles_to_a_bounded_state_on_its_next_event()
     assert after.return_count == upgraded.return_count + 1
     assert {record.return_id for record in after.active_returns} >= {"after-upgrade"}
     assert len(encode_state(after)) < before / 4
-
-
-def format_2(name: str) -> bytes:
-    return (FORMAT_2 / f"{name}.bin").read_bytes()
-
-
-def test_every_history_has_its_format_2_value() -> None:
-    assert {path.stem for path in FORMAT_2.glob("*.bin")} == {name for name, _ in histories()}
-    for name, _ in histories():
-        assert orjson.loads(format_2(name).partition(b"\n")[0])["format"] == 2
-
-
-@pytest.mark.parametrize(("name", "events"), histories(), ids=[name for name, _ in histories()])
-def test_a_format_2_state_is_the_same_customer(name: str, events: list[ReturnEvent]) -> None:
-    # Format 3 changed how records are written; nothing format 2 held may be lost or differ.
-    # (Returns now also keep their item lines and money for custom objects: those start empty.)
-    upgraded, current = decode_state(format_2(name)), reduce_events(events)
-    assert upgraded is not None and current is not None
-    assert profile_properties(upgraded, CONFIG) == profile_properties(current, CONFIG)
-    assert (upgraded.identity, upgraded.version, upgraded.fact_digests, upgraded.settled_returns) == (
-        current.identity, current.version, current.fact_digests, current.settled_returns)
-    for return_id, record in current.returns.items():
-        old = upgraded.returns[return_id]
-        assert (old.status, old.status_version, old.skus, old.item_count, old.value, old.fact_ids) == (
-            record.status, record.status_version, record.skus, record.item_count, record.value,
-            record.fact_ids)
-
-
-@pytest.mark.parametrize(("name", "events"), histories(), ids=[name for name, _ in histories()])
-def test_a_format_2_state_carries_on_as_the_current_one(name: str, events: list[ReturnEvent]) -> None:
-    upgraded = decode_state(format_2(name))
-    assert upgraded is not None
-    for old in events:  # everything it had applied stays applied: a replay changes nothing
-        result = apply_event(upgraded, old)
-        # (a status event of a settled return is out of order rather than a duplicate)
-        assert result.applied in (Applied.DUPLICATE, Applied.OUT_OF_ORDER), old.event_id
-        assert result.state == upgraded, old.event_id
-    stored = encode_state(upgraded)
-    assert orjson.loads(stored.partition(b"\n")[0])["format"] == FORMAT == 3
-    assert decode_state(stored) == upgraded

@@ -179,3 +179,41 @@ async def test_returns_of_an_order_without_an_email_are_dead_lettered_not_guesse
     assert (letter["stage"], letter["reason"]) == ("normalize", "missing_field")
     assert "has no customer email" in letter["error"]
     assert outputs.sent["emit"] == []
+
+
+async def test_orders_create_is_placed_from_the_join_topic_and_joins_as_before() -> None:
+    customers: dict[bytes, bytes] = {}
+    outputs = Outputs()
+    normalizer = normalizer_with(customers, {}, outputs)
+    order = Message("returns.raw", 1, 0, None, envelope("shopify", "orders_create"))
+    await normalizer.process(order)
+    assert outputs.sent["emit"] == [] and len(outputs.sent["rejoin"]) == 1, "re-keyed first"
+    await delivered_in_turn(normalizer, outputs, order)  # Shopify re-sent it: the same order again
+    assert len(outputs.sent["emit"]) == 2 and len(customers) == 1
+    (key, value), (_, again) = outputs.sent["emit"]
+    placed = decode_event(value)
+    assert (placed.type.value, placed.event_id, placed.order_ref) == (
+        "order.placed", "shopify:order:5196695273621", "#1106")
+    assert key == placed.customer_key.encode()
+    assert again == value, "one id, which the reducer counts once"
+    await delivered_in_turn(normalizer, outputs, Message("returns.raw", 1, 1, None,
+                                                         envelope("shopify", "orders_updated")))
+    assert len(outputs.sent["emit"]) == 2, "orders/updated places nothing"
+    assert outputs.sent["dead"] == []
+
+
+async def test_fold_counts_a_redelivered_order_once_and_its_sync_records_carry_no_timeline_event() -> None:
+    table: dict[bytes, bytes] = {}
+    outputs = Outputs()
+    fold = fold_with(table, outputs)
+    customer = {"email": "olivia.martin@example.com"}
+    order = {"event_id": "api:order:1", "type": "order.placed", "occurred_at": "2026-01-02T10:00:00Z",
+             "customer": customer, "order_ref": "#1", "amount": "40.00", "currency": "USD", "item_count": 2}
+    resent = {**order, "event_id": "api:order:1-retry"}
+    for offset, obj in enumerate((order, order, resent)):
+        await fold.process(keyed(decode_event(orjson.dumps(obj)), offset))
+    records = [decode_sync_record(record) for _key, record, _partition in outputs.sent["sync"]]
+    assert [record.applied for record in records] == [Applied.APPLIED, Applied.DUPLICATE, Applied.DUPLICATE]
+    (state,) = (decode_state(value) for value in table.values())
+    assert state is not None and (state.order_count, state.ordered_item_count, state.version) == (1, 2, 1)
+    assert state.return_count == 0 and not state.returns
