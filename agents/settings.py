@@ -126,8 +126,11 @@ class Settings:
     @property
     def max_record_bytes(self) -> int:
         """The largest record the producer must send: a webhook body can double when escaped into
-        its returns.raw envelope, and double again when a dead letter quotes that envelope."""
-        return max(1_048_576, 4 * self.webhook_max_bytes + 64 * 1024)
+        its returns.raw envelope, and double again when a dead letter quotes that envelope; and a state
+        of `max_state_bytes` in its changelog record or sync record (with the event beside it)."""
+        # (The fold refuses a state or sync record over max_state_bytes, key included: 4 KiB covers
+        # the record and batch headers, as agents.topic_plan.STATE_RECORD_OVERHEAD.)
+        return max(1_048_576, 4 * self.webhook_max_bytes + 64 * 1024, self.max_state_bytes + 4096)
 
     def kafka(self, bootstrap_servers: str | None = None) -> KafkaConnection:
         """How every Kafka client reaches the cluster: these servers (the dev stack's embedded

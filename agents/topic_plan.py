@@ -85,6 +85,22 @@ def source_configs(settings: Settings) -> dict[str, str]:
     return {"retention.ms": str(settings.source_retention_ms), "retention.bytes": "-1"}
 
 
+KAFKA_DEFAULT_MESSAGE_MAX_BYTES = 1_048_588
+STATE_RECORD_OVERHEAD = 4096
+"""Record and batch headers around a state or sync record the fold let through (key included)."""
+
+
+def state_sized(settings: Settings) -> dict[str, str]:
+    """Configs for the topics a whole customer state is written to (the table's changelog, the
+    sync topic): a state up to RETURNSYNC_MAX_STATE_BYTES must fit, or the broker would refuse its
+    changelog record, which Faust sends in the background, and stop the worker. Only set when
+    the broker's default would not do."""
+    needed = settings.max_state_bytes + STATE_RECORD_OVERHEAD
+    if needed <= KAFKA_DEFAULT_MESSAGE_MAX_BYTES:
+        return {}
+    return {"max.message.bytes": str(needed)}
+
+
 def topic_plan(settings: Settings) -> list[TopicSpec]:
     topics, partitions, rf = settings.topics, settings.partitions, settings.replication_factor
     compacted = {"cleanup.policy": "compact"}
@@ -102,9 +118,10 @@ def topic_plan(settings: Settings) -> list[TopicSpec]:
              {"cleanup.policy": "delete", "retention.ms": str(DEADLETTER_RETENTION_MS)}),
         spec(rekey_topic(settings), Role.TRANSIENT, transient),
         spec(shopify_join_topic(settings), Role.TRANSIENT, transient),
-        spec(sync_topic(settings), Role.TRANSIENT, transient),
+        spec(sync_topic(settings), Role.TRANSIENT, {**transient, **state_sized(settings)}),
         spec(versions_topic(settings), Role.VERSIONS, compacted),
-        *(spec(changelog_topic(settings, table), Role.CHANGELOG, compacted) for table in TABLES),
+        *(spec(changelog_topic(settings, table), Role.CHANGELOG, {**compacted, **state_sized(settings)})
+          for table in TABLES),
         spec(leader_topic(settings), Role.FAUST, {}, count=1),
     ]
 

@@ -7,12 +7,15 @@ import pytest
 from agents.settings import Settings
 from agents.topic_plan import (
     DEADLETTER_RETENTION_MS,
+    TABLES,
     TRANSIENT_RETENTION_MS,
     Found,
     Role,
     TopicSpec,
+    changelog_topic,
     fix_hint,
     mismatches,
+    sync_topic,
     topic_plan,
 )
 
@@ -92,3 +95,15 @@ def test_a_table_topic_that_is_not_compacted_is_a_mismatch_with_the_command_that
 def test_a_partition_mismatch_names_both_ways_out() -> None:
     hint = fix_hint(SOURCE, Found(4, 3, {}))
     assert "recreate shop1.returns.events with 12 partitions" in hint and "RETURNSYNC_PARTITIONS=4" in hint
+
+
+def test_a_state_limit_over_the_brokers_default_raises_the_state_topics_limit() -> None:
+    # A state the fold accepts must fit its changelog and sync records, or the broker refuses the
+    # changelog write Faust makes in the background and the worker stops.
+    default = {spec.name: spec for spec in topic_plan(Settings())}
+    assert not any("max.message.bytes" in spec.configs for spec in default.values())
+    big = Settings(max_state_bytes=4_000_000)
+    assert big.max_record_bytes >= 4_000_000 + 4096
+    sized = {spec.name for spec in topic_plan(big) if spec.configs.get("max.message.bytes")
+             == str(4_000_000 + 4096)}
+    assert sized == {sync_topic(big), *(changelog_topic(big, table) for table in TABLES)}
