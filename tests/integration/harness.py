@@ -81,13 +81,15 @@ class Expected:
     events: set[tuple[str, str, str, bool]]
 
 
-def expected_klaviyo(events: Iterable[ReturnEvent], config: ProjectionConfig | None = None) -> Expected:
+def expected_klaviyo(
+    events: Iterable[ReturnEvent], config: ProjectionConfig | None = None, *, item_lines: bool = False
+) -> Expected:
     """Reduce events in the given order, per customer, as the worker would, and project them."""
     config = config or ProjectionConfig()
     states: dict[str, CustomerState] = {}
     timeline: set[tuple[str, str, str, bool]] = set()
     for event in events:
-        result = apply_event(states.get(event.customer_key), event)
+        result = apply_event(states.get(event.customer_key), event, item_lines=item_lines)
         states[event.customer_key] = result.state
         if result.applied in (Applied.DUPLICATE, Applied.REPEATED):
             continue  # nothing new on the timeline
