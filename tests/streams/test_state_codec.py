@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streams.codec import decode_event, dumps, encode_event, loads
+from streams.codec import decode_event, decode_state, dumps, encode_event, encode_state, loads
 from streams.errors import Reason, RejectedInput
-from streams.events import event_to_dict
+from streams.events import ReturnEvent, event_to_dict
 from streams.reducer import reduce_events
-from streams.state import CustomerState, Identity, ReturnRecord, state_from_dict, state_to_dict
-from tests.streams.strategies import FIXTURES, event, fixture_names, load_fixture
+from streams.state import (
+    CustomerState,
+    Identity,
+    ReturnRecord,
+    has_active_return,
+    state_from_dict,
+    state_to_dict,
+)
+from tests.streams.strategies import FIXTURES, customer_streams, event, fixture_names, load_fixture
 
 
 def state_of(name: str) -> CustomerState:
@@ -176,3 +186,24 @@ def test_balance_and_views_are_derived_not_stored() -> None:
 )
 def test_record_outcome(outcomes: set[str], expected: str | None) -> None:
     assert ReturnRecord(return_id="R1", outcomes=frozenset(outcomes)).outcome == expected
+
+
+@given(customer_streams(), st.integers(min_value=0, max_value=40))
+@settings(max_examples=200, deadline=None)
+def test_has_active_return_reads_the_bytes_as_decoding_would(events: list[ReturnEvent], cut: int) -> None:
+    # Any prefix of a customer's history: states with and without active returns.
+    state = reduce_events(events[:cut], item_lines=cut % 2 == 0)
+    assert state is not None or cut == 0
+    if state is not None:
+        assert has_active_return(encode_state(state)) is bool(state.active_returns)
+
+
+def test_has_active_return_reads_every_stored_format() -> None:
+    fixtures = Path(__file__).parent.parent / "fixtures"
+    values = [*(fixtures / "state_format_1").glob("*.json"), *(fixtures / "state_format_2").glob("*.state")]
+    assert len(values) >= 16
+    for path in values:
+        value = path.read_bytes().rstrip(b"\n") if path.suffix == ".json" else path.read_bytes()
+        state = decode_state(value)
+        assert state is not None
+        assert has_active_return(value) is bool(state.active_returns), path.name
