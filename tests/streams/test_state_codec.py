@@ -207,3 +207,22 @@ def test_has_active_return_reads_every_stored_format() -> None:
         state = decode_state(value)
         assert state is not None
         assert has_active_return(value) is bool(state.active_returns), path.name
+
+
+def test_stored_records_share_stamps_and_keep_any_detail() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    later = at + timedelta(hours=1)
+    known = ReturnRecord(return_id="r1", status="approved", status_version=(later, 1, "e2"),
+                         details_version={"items": (at, "e1"), "reason": (at, "e1"),
+                                          "order_ref": (later, "e2")})
+    # A detail name the stored form has no place for (a later release's) is named, not dropped.
+    unknown = ReturnRecord(return_id="r2", status="requested", status_version=(at, 0, "e3"),
+                           details_version={"items": (at, "e3"), "gift_wrap": (at, "e3")})
+    state = CustomerState(customer_key="default/a@example.com", identity=Identity(email="a@example.com"),
+                          returns={"r1": known, "r2": unknown})
+    stored = encode_state(state)
+    assert decode_state(stored) == state
+    records = {record["return_id"]: record for record in orjson.loads(stored.partition(b"\n")[0])["returns"]}
+    assert records["r1"]["stamps"] == [["2026-01-02T04:04:05Z", "e2"], ["2026-01-02T03:04:05Z", "e1"]]
+    assert records["r1"]["details_version"] == [None, 1, 0, 1]
+    assert records["r2"]["details_version"] == {"gift_wrap": 0, "items": 0}
