@@ -40,7 +40,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -180,11 +180,18 @@ def parse_events(
 Record = tuple[bytes | None, bytes]
 
 
-async def acknowledged(topic: Any, records: Sequence[Record], within: float) -> list[Any]:
-    """Send, then wait until the broker acknowledged every record (the producer runs acks=all)."""
+async def acknowledged(
+    topic: Any, records: Sequence[Record], within: float,
+    hurry: Callable[[], Awaitable[None]] | None = None,
+) -> list[Any]:
+    """Send, then wait until the broker acknowledged every record (the producer runs acks=all).
+    `hurry`: the producer's flush, so these records do not wait out its linger (set for the
+    state agent's throughput): the sender is waiting for this answer."""
 
     async def send_all() -> list[Any]:
         pending = [await topic.send(key=key, value=value) for key, value in records]
+        if hurry is not None:
+            await hurry()
         # Shielded: a timeout stops our wait, not the sends; a late success is a harmless duplicate.
         return list(await asyncio.gather(*(asyncio.shield(future) for future in pending)))
 
@@ -207,7 +214,7 @@ def register(runtime: Runtime) -> None:
     async def publish(web: Any, source: str, topic: Any, records: Sequence[Record], started: float) -> Any:
         """None once acknowledged; a 503 answer when the broker did not acknowledge in time."""
         try:
-            await acknowledged(topic, records, settings.webhook_ack_timeout)
+            await acknowledged(topic, records, settings.webhook_ack_timeout, app.producer.flush)
         except Exception as exc:  # any broker failure: the sender must retry, we must not 5xx-crash
             metrics.WEBHOOKS_RECEIVED.labels(source, "unavailable").inc()
             log.warning("broker did not acknowledge source=%s error=%s", source, type(exc).__name__)

@@ -177,6 +177,16 @@ def test_acknowledged_waits_for_every_record_and_gives_up_after_the_timeout() ->
     assert never.sent == 1
 
 
+def test_acknowledged_hurries_the_producer_once_every_record_is_sent() -> None:
+    topic, seen = FakeTopic(True), []
+
+    async def hurry() -> None:
+        seen.append(topic.sent)
+
+    asyncio.run(acknowledged(topic, [(b"k", b"v"), (None, b"w")], 1.0, hurry))
+    assert seen == [2]
+
+
 def test_hold_is_bounded_per_order_in_total_and_in_bytes_and_releases_oldest_first() -> None:
     table: dict[bytes, bytes] = {}
     hold = Hold(table, per_order=2, total=3)
