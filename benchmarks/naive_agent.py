@@ -12,8 +12,9 @@ import faust
 import orjson
 
 
-def main() -> None:
-    app = faust.App(
+def benchmark_app() -> faust.App:
+    """A plain Faust app on the worker's environment (also benchmarks/floor_agent.py's)."""
+    return faust.App(
         os.environ["RETURNSYNC_APP_ID"],
         broker=f"kafka://{os.environ['KAFKA_BOOTSTRAP_SERVERS']}",
         store="memory://",
@@ -27,6 +28,18 @@ def main() -> None:
         web_bind="127.0.0.1",
         broker_session_timeout=10.0,
     )
+
+
+def run(app: faust.App) -> None:
+    from faust.worker import Worker
+
+    Worker(
+        app, loglevel=os.environ.get("RETURNSYNC_LOG_LEVEL", "WARNING").upper(), quiet=True
+    ).execute_from_commandline()
+
+
+def main() -> None:
+    app = benchmark_app()
     topic = app.topic(os.environ["RETURNSYNC_TOPIC_PREFIX"] + "returns.events")
     table = app.Table("naive", default=None, key_type=bytes, value_type=bytes)
 
@@ -36,11 +49,7 @@ def main() -> None:
             parsed = orjson.loads(event.value)
             table[event.key] = orjson.dumps({"last": parsed["event_id"]})
 
-    from faust.worker import Worker
-
-    Worker(
-        app, loglevel=os.environ.get("RETURNSYNC_LOG_LEVEL", "WARNING").upper(), quiet=True
-    ).execute_from_commandline()
+    run(app)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from agents.klaviyo.bodies import (
     encode,
 )
 from agents.klaviyo.client import KlaviyoClient, KlaviyoRejected
+from agents.klaviyo.plan import chunked
 from streams.outbox import CustomerDelivery, SyncRecord
 from streams.reducer import Applied
 from streams.return_records import ObjectRecord, all_return_records, return_records
@@ -106,17 +107,7 @@ def plan_records(writes: Sequence[RecordWrite], capacity: int) -> RecordPlan:
     fit = [write for write in writes if write.size + _ENVELOPE <= PAYLOAD_MAX]
     if len(fit) <= capacity:
         return RecordPlan(fit, [], refused)
-    chunks: list[list[RecordWrite]] = []
-    current: list[RecordWrite] = []
-    size = _ENVELOPE
-    for write in fit:
-        if current and (len(current) >= BULK_RECORDS_MAX or size + write.size > PAYLOAD_MAX):
-            chunks.append(current)
-            current, size = [], _ENVELOPE
-        current.append(write)
-        size += write.size
-    if current:
-        chunks.append(current)
+    chunks = chunked(fit, most=BULK_RECORDS_MAX, payload_max=PAYLOAD_MAX, overhead=_ENVELOPE)
     return RecordPlan([], chunks, refused)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from agents.klaviyo.bodies import (
     bulk_event_entry,
@@ -142,13 +142,23 @@ def plan_events(writes: Sequence[EventWrite], capacity: int, bulk_capacity: int 
     return Plan(fit, [], refused)
 
 
-def chunk_profiles(writes: Sequence[ProfileWrite]) -> list[list[ProfileWrite]]:
-    overhead = len(encode(bulk_profiles_body([]))) + _ENVELOPE_MARGIN
-    chunks: list[list[ProfileWrite]] = []
-    current: list[ProfileWrite] = []
+class Sized(Protocol):
+    @property
+    def size(self) -> int: ...  # bytes in a bulk request body, separating comma included
+
+
+S = TypeVar("S", bound=Sized)
+
+
+def chunked(writes: Sequence[S], *, most: int, payload_max: int, overhead: int) -> list[list[S]]:
+    """In order, bulk requests of at most `most` writes whose sizes, with the body's `overhead`,
+    stay within `payload_max` bytes (a write alone over it gets a chunk of its own: callers
+    refuse those before)."""
+    chunks: list[list[S]] = []
+    current: list[S] = []
     size = overhead
     for write in writes:
-        if current and (len(current) >= BULK_PROFILES_MAX or size + write.size > PAYLOAD_MAX):
+        if current and (len(current) >= most or size + write.size > payload_max):
             chunks.append(current)
             current, size = [], overhead
         current.append(write)
@@ -156,6 +166,11 @@ def chunk_profiles(writes: Sequence[ProfileWrite]) -> list[list[ProfileWrite]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def chunk_profiles(writes: Sequence[ProfileWrite]) -> list[list[ProfileWrite]]:
+    overhead = len(encode(bulk_profiles_body([]))) + _ENVELOPE_MARGIN
+    return chunked(writes, most=BULK_PROFILES_MAX, payload_max=PAYLOAD_MAX, overhead=overhead)
 
 
 def chunk_events(writes: Sequence[EventWrite]) -> list[list[EventWrite]]:
