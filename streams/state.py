@@ -243,6 +243,9 @@ def state_from_bytes(value: bytes) -> CustomerState:
     data = orjson.loads(head)
     if data.get("format", 1) == 1:
         return state_from_dict(data)
+    if data["format"] > FORMAT:  # written by a newer release: never guess at its layout
+        raise ValueError(f"state format {data['format']} is newer than this release's ({FORMAT}): "
+                         "upgrade this worker")
     # Format 3 adds the order digests last (a third size); format 2 has none after the settled.
     facts_size, settled_size = data["digest_sizes"][:2]
     settled_end = facts_size + settled_size

@@ -153,3 +153,11 @@ def test_an_upgraded_long_history_settles_to_a_bounded_state_on_its_next_event()
     assert after.return_count == upgraded.return_count + 1
     assert {record.return_id for record in after.active_returns} >= {"after-upgrade"}
     assert len(encode_state(after)) < before / 4
+
+
+def test_a_format_from_a_newer_release_is_refused_not_guessed() -> None:
+    stored = encode_state(reduce_events(load_fixture(fixture_names()[0])))  # type: ignore[arg-type]
+    head, _, digests = stored.partition(b"\n")
+    newer = orjson.dumps({**orjson.loads(head), "format": FORMAT + 1}) + b"\n" + digests
+    with pytest.raises(ValueError, match="newer than this release"):
+        decode_state(newer)
