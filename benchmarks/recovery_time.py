@@ -6,8 +6,8 @@ Builds a `customer_returns` table of N customers by writing realistic state reco
 customers folded with `apply_event`, encoded with `encode_state`, one per customer key) straight
 to the table's changelog topic, then measures on the embedded broker:
 1. cold: a fresh worker (no local state, no standby) from process start to /ready 200;
-2. standby: two workers with `RETURNSYNC_STANDBY_REPLICAS=1`, both ready (each holds standbys of
-   the other's partitions), the active one killed with SIGKILL, the time until the survivor
+2. standby: two workers with `RETURNSYNC_STANDBY_REPLICAS=1`, both ready and the survivor's
+   standbys caught up (it has gone quiet), the active one killed with SIGKILL, the time until the survivor
    answers /ready 200 again holding every partition (includes the session timeout, 10 s here,
    before the group notices the kill).
 Delivery is off in every worker (RETURNSYNC_DELIVERY_ENABLED=0): only the state table matters.
@@ -78,6 +78,18 @@ def owns_every_partition(port: int, topic: str) -> bool:
     return len(owners) == 1 and held == set(range(PARTITIONS))
 
 
+def quiet(child: ChildProcess, seconds: float = 3.0, busy: float = 0.15) -> bool:
+    """Whether `child` used under `busy` of a core over the next `seconds` (a worker with nothing
+    to consume and delivery off only ticks its timers)."""
+    def cpu() -> float:
+        assert child.process is not None
+        fields = Path(f"/proc/{child.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    before = cpu()
+    time.sleep(seconds)
+    return cpu() - before < busy * seconds
+
+
 def wait_until(condition: object, within: float, what: str) -> float:
     started = time.monotonic()
     while time.monotonic() - started < within:
@@ -132,9 +144,10 @@ def main() -> None:
             survivor, survivor_port = worker("survivor", 1)
             with active, survivor:
                 wait_until(lambda: ready(active_port) and ready(survivor_port), 3600, "both workers /ready")
-                # Standbys are warm once each worker has read the other's changelog partitions: the
-                # group is settled and both ready; a little more time lets the standbys catch up.
-                time.sleep(5)
+                # /ready does not wait for standbys: they read the other's partitions after it.
+                # Warm means the survivor has gone quiet (nothing left to read, delivery is off).
+                warm = wait_until(lambda: quiet(survivor), 3600, "the survivor's standbys caught up")
+                print(f"standby: survivor's standbys caught up {warm:.0f}s after both were ready")
                 active.kill()
                 killed = time.monotonic()
                 # Ready is not enough: until the group notices the kill, the survivor is ready with
