@@ -374,17 +374,13 @@ def _record_stored(record: ReturnRecord) -> dict[str, Any]:
     if status_version is not None:
         stamps[status_version[0], status_version[2]] = 0
         stored_version = [0, status_version[1]]
-    known = record.details_version.keys() <= _DETAIL_ORDER.keys()
-    details: dict[str, int] | list[int | None] = (
-        [None] * len(_DETAIL_ORDER) if known else {})
-    for name, stamp in sorted(record.details_version.items()):
-        index = stamps.setdefault(stamp, len(stamps))
-        if isinstance(details, list):
-            details[_DETAIL_ORDER[name]] = index
-        else:
-            details[name] = index
-    while isinstance(details, list) and details and details[-1] is None:
-        details.pop()
+    named = {name: stamps.setdefault(stamp, len(stamps))
+             for name, stamp in sorted(record.details_version.items())}
+    details: dict[str, int] | list[int | None] = named
+    if named.keys() <= _DETAIL_ORDER.keys():
+        details = [named.get(name) for name in _DETAIL_ORDER]
+        while details and details[-1] is None:
+            details.pop()
     facts = _record_facts(record)
     for name, empty in _LEFT_OUT_WHEN_EMPTY.items():
         if facts[name] == empty:
